@@ -1,0 +1,1 @@
+"""Alert events, the on-disk outbox, the dispatcher and one module per sink."""

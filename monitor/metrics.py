@@ -1,0 +1,95 @@
+"""Every Prometheus metric of the daemon, in one place (the only module-level mutable state).
+
+Names follow Prometheus conventions: prefix `anomaly_monitor_`, base units, `_total` for counters.
+Label values are bounded: source names, sink names, stages and reasons from fixed lists, never a path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+PREFIX = "anomaly_monitor"
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Reconstruction errors of [0, 1] images live between ~1e-5 and ~1e-1.
+_SCORE_BUCKETS = tuple(round(10 ** (e / 4), 8) for e in range(-24, 1))
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def _name(short: str) -> str:
+    return f"{PREFIX}_{short}"
+
+
+# --- scoring -------------------------------------------------------------------------------
+IMAGES_SCORED = Counter(
+    _name("images_scored"), "Images scored, by source and outcome (normal or anomaly).",
+    ["source", "outcome"], registry=REGISTRY,
+)
+ANOMALIES = Counter(_name("anomalies"), "Images judged anomalous.", ["source"], registry=REGISTRY)
+SCORE = Histogram(
+    _name("score"), "Anomaly score (reconstruction error) of scored images.", ["source"],
+    buckets=_SCORE_BUCKETS, registry=REGISTRY,
+)
+THRESHOLD = Gauge(_name("threshold"), "Current anomaly threshold of the source.", ["source"], registry=REGISTRY)
+INFERENCE_SECONDS = Histogram(
+    _name("inference_seconds"), "Model forward pass time of one batch.", buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    _name("batch_size"), "Images per scored batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+END_TO_END_SECONDS = Histogram(
+    _name("end_to_end_seconds"), "Time from file arrival or frame capture to verdict.", ["source"],
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(_name("queue_depth"), "Frames waiting to be scored.", registry=REGISTRY)
+ERRORS = Counter(_name("errors"), "Errors, by pipeline stage.", ["stage"], registry=REGISTRY)
+MODEL_INFO = Info(_name("model"), "The loaded model bundle.", registry=REGISTRY)
+START_TIME = Gauge(_name("start_time_seconds"), "Unix time the daemon started.", registry=REGISTRY)
+
+# --- folder sources ------------------------------------------------------------------------
+FILES_IGNORED = Counter(
+    _name("files_ignored"), "Files in watched folders that are not images (by extension).", ["source"],
+    registry=REGISTRY,
+)
+FILES_QUARANTINED = Counter(
+    _name("files_quarantined"), "Files moved to quarantine, by reason.", ["source", "reason"],
+    registry=REGISTRY,
+)
+
+# --- camera sources ------------------------------------------------------------------------
+FRAMES_READ = Counter(_name("frames_read"), "Frames read from the camera.", ["source"], registry=REGISTRY)
+FRAMES_DROPPED = Counter(
+    _name("frames_dropped"), "Camera frames replaced by a newer one before they were scored.", ["source"],
+    registry=REGISTRY,
+)
+SOURCE_UP = Gauge(_name("source_up"), "1 when the source delivers frames, 0 when it is down.", ["source"],
+                  registry=REGISTRY)
+RECONNECTS = Counter(_name("reconnects"), "Camera reconnect attempts.", ["source"], registry=REGISTRY)
+SECONDS_SINCE_LAST_FRAME = Gauge(
+    _name("seconds_since_last_frame"), "Seconds since the camera delivered its last frame.", ["source"],
+    registry=REGISTRY,
+)
+
+# --- alerts --------------------------------------------------------------------------------
+ALERTS_SENT = Counter(_name("alerts_sent"), "Alerts delivered, by sink.", ["sink"], registry=REGISTRY)
+ALERTS_FAILED = Counter(_name("alerts_failed"), "Failed alert delivery attempts, by sink.", ["sink"],
+                        registry=REGISTRY)
+ALERTS_SUPPRESSED = Counter(
+    _name("alerts_suppressed"), "Alerts held back by a cooldown, by sink.", ["sink"], registry=REGISTRY,
+)
+ALERTS_EXPIRED = Counter(
+    _name("alerts_expired"), "Alerts given up after their maximum age, by sink.", ["sink"], registry=REGISTRY,
+)
+ALERT_OUTBOX_SIZE = Gauge(_name("alert_outbox_size"), "Alerts waiting in the outbox.", registry=REGISTRY)
+ALERT_DELIVERY_SECONDS = Histogram(
+    _name("alert_delivery_seconds"), "Time from alert creation to delivery, by sink.", ["sink"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600), registry=REGISTRY,
+)
+
+
+def serve(host: str, port: int) -> int:
+    """Start the /metrics HTTP server in a daemon thread; returns the bound port (port 0 picks one)."""
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return server.server_address[1]
