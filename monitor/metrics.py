@@ -30,7 +30,9 @@ SCORE = Histogram(
     _name("score"), "Anomaly score (reconstruction error) of scored images.", ["source"],
     buckets=_SCORE_BUCKETS, registry=REGISTRY,
 )
-THRESHOLD = Gauge(_name("threshold"), "Current anomaly threshold of the source.", ["source"], registry=REGISTRY)
+THRESHOLD = Gauge(
+    _name("threshold"), "Current anomaly threshold of the source.", ["source"], registry=REGISTRY,
+)
 INFERENCE_SECONDS = Histogram(
     _name("inference_seconds"), "Model forward pass time of one batch.", buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,

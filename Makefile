@@ -1,0 +1,43 @@
+# Two commands: `make run` and `make test`. Both create the virtual environment on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= config.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps run test lint model benchmarks clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+run: $(STAMP)
+	mkdir -p inbox
+	$(VENV)/bin/monitor run --config $(CONFIG)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check monitor tests benchmarks scripts
+
+# pytest exits 5 when it collected no test: that is a failure of the suite, never a pass.
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
+
+# Remake the shipped default model from data that ships inside scikit-image (see README).
+model: $(STAMP)
+	$(PY) scripts/make_default_model.py --out models/default
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,100 @@
+"""The `monitor` command line: run, check-config, test-alert, and the model commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from monitor import __version__
+from monitor.config import ConfigError, load_config, setup_logging
+
+log = logging.getLogger("monitor")
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: valid ({len(config.sources)} sources, model {config.model})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or config.logging.level)
+    # TensorFlow loads only here: check-config and --help stay fast.
+    from monitor.daemon import StartupError, run
+    from monitor.model.bundle import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(config.model)
+        return run(config, bundle)
+    except (BundleError, StartupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        log.exception("daemon failed")
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - exit code 1 with the reason, not a bare traceback
+        log.exception("daemon failed")
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_test_alert(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or "WARNING")
+    if not config.alerts.sinks:
+        print(f"{args.config}: no alert sinks configured")
+        return 1
+    from monitor.alerts.dispatcher import send_test_alert
+
+    results = send_test_alert(config.alerts)
+    for name, ok, detail in results:
+        print(f"{name}: {'ok' if ok else 'FAILED'} {detail}".rstrip())
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="monitor", description="Anomaly monitor for inspection lines.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground until SIGTERM/SIGINT")
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("config", help="YAML config file")
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("test-alert", help="send one test alert to every configured sink")
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_cmd_test_alert)
+
+    from monitor.model.cli import register
+
+    register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `monitor` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

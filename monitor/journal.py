@@ -1,0 +1,69 @@
+"""The journal: every verdict and source event as one JSON line, appended, flushed, rotated by size."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    """Append-only JSONL file; `journal.jsonl.1` .. `.N` hold older lines after rotation."""
+
+    def __init__(self, path: Path, max_bytes: int = 64 * 2**20, backups: int = 10) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the daemon's life
+
+    def append(self, record: dict) -> None:
+        """Write one line and flush it to the OS (a crash of this process loses nothing written)."""
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        with self._lock:
+            if self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
+                self._rotate()
+            self._file.write(line)
+            self._file.flush()
+
+    def sync(self) -> None:
+        """fsync: what was appended survives a power cut too. Called once per batch, not per line."""
+        with self._lock:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def _rotate(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self.backups > 0:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+        log.info("journal rotated path=%s", self.path)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+
+
+def read_journal(path: Path) -> list[dict]:
+    """All records of a journal file (not its rotated backups), in order."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,83 @@
+"""The processed-files ledger: which file versions a folder source has already scored."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FileKey = tuple[str, int, int]  # path relative to the folder, size, mtime in ns
+
+
+class Ledger:
+    """Append-only JSONL of scored file versions; compacted at start to files that still exist.
+
+    A file is keyed by path, size and mtime: a camera PC that overwrites `latest.png` gets scored again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._keys: set[FileKey] = set()
+        self._lock = threading.Lock()
+        if self.path.exists():
+            with open(self.path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    try:
+                        rec = json.loads(line)
+                        self._keys.add((rec["p"], int(rec["s"]), int(rec["m"])))
+                    except (ValueError, KeyError, TypeError):
+                        # A line cut by a crash mid-write: that one file may be scored again; nothing lost.
+                        log.warning("ledger line skipped path=%s line=%d", self.path, lineno)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the daemon's life
+
+    def __contains__(self, key: FileKey) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: FileKey) -> None:
+        """Record a scored file version (flushed to the OS at once)."""
+        with self._lock:
+            self._keys.add(key)
+            self._file.write(json.dumps({"p": key[0], "s": key[1], "m": key[2]}) + "\n")
+            self._file.flush()
+
+    def sync(self) -> None:
+        with self._lock:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def compact(self, existing: Iterable[FileKey]) -> None:
+        """Keep only entries of file versions still present, so the ledger never outgrows the folder."""
+        present = set(existing)
+        with self._lock:
+            keep = self._keys & present
+            if len(keep) == len(self._keys):
+                return
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for p, s, m in sorted(keep):
+                    f.write(json.dumps({"p": p, "s": s, "m": m}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self._file.close()
+            os.replace(tmp, self.path)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            log.info("ledger compacted path=%s kept=%d dropped=%d", self.path, len(keep),
+                     len(self._keys) - len(keep))
+            self._keys = keep
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()

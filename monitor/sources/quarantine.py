@@ -1,0 +1,51 @@
+"""Files that could not be scored: moved aside with a reason, counted, logged once."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+
+from monitor import metrics
+
+log = logging.getLogger(__name__)
+
+# Bounded label values for anomaly_monitor_files_quarantined_total{reason=...}.
+REASONS = ("empty", "too_large", "truncated", "undecodable", "unreadable")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class Quarantine:
+    """Moves a bad file to `folder/<source>/` and writes `<name>.reason.txt` beside it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def put(self, source: str, path: Path, reason: str, detail: str = "") -> Path | None:
+        """Quarantine `path`; returns where it went (None when it vanished meanwhile)."""
+        if reason not in REASONS:
+            raise ValueError(f"unknown quarantine reason {reason!r}")
+        target_dir = self.folder / _UNSAFE.sub("_", source)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = target_dir / f"{stamp}_{_UNSAFE.sub('_', path.name)}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = target_dir / f"{stamp}_{n}_{_UNSAFE.sub('_', path.name)}"
+        try:
+            shutil.move(str(path), target)
+        except FileNotFoundError:
+            log.info("quarantine skipped, file gone source=%s path=%s reason=%s", source, path, reason)
+            return None
+        reason_file = target.with_name(target.name + ".reason.txt")
+        reason_file.write_text(
+            f"reason: {reason}\nsource: {source}\noriginal: {path}\ntime: {stamp}\ndetail: {detail}\n",
+            encoding="utf-8",
+        )
+        metrics.FILES_QUARANTINED.labels(source, reason).inc()
+        log.warning("file quarantined source=%s path=%s reason=%s detail=%s to=%s",
+                    source, path, reason, detail.replace("\n", " "), target)
+        return target

@@ -1,0 +1,256 @@
+"""Folder source: complete files only, backlog, ledger, quarantine, back-pressure."""
+
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from imagegen import encode, normal_image
+from monitor import metrics
+from monitor.batching import FrameQueue
+from monitor.config import FolderSourceConfig
+from monitor.sources.folder import FolderSource, image_is_complete
+from monitor.sources.ledger import Ledger
+from monitor.sources.quarantine import Quarantine
+
+HERE = Path(__file__).parent
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, name: str, capacity: int = 64, **overrides) -> None:
+        self.inbox = tmp_path / "inbox"
+        self.quarantine_dir = tmp_path / "quarantine"
+        self.ledger_path = tmp_path / "state" / f"ledger-{name}.jsonl"
+        options = dict(settle_ms=50, stable_s=0.5, incomplete_timeout_s=1.0)
+        options.update(overrides)
+        self.config = FolderSourceConfig(name=name, folder=self.inbox, **options)
+        self.queue = FrameQueue(capacity)
+        self.source: FolderSource | None = None
+
+    def start(self) -> FolderSource:
+        self.source = FolderSource(self.config, self.queue, Ledger(self.ledger_path),
+                                   Quarantine(self.quarantine_dir))
+        self.source.start()
+        return self.source
+
+    def stop(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+            self.queue.close()
+            self.source.join(5)
+            self.source.ledger.close()
+            self.source = None
+            self.queue = FrameQueue(self.queue.capacity)
+
+    def frames(self, n: int, timeout: float = 10.0) -> list:
+        got, deadline = [], time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            got += self.queue.collect(max_batch=64, max_wait_s=0.01, poll_s=0.05)
+        return got
+
+    def quiet_for(self, seconds: float) -> list:
+        return self.frames(10**6, timeout=seconds)
+
+
+@pytest.fixture
+def harness(tmp_path, request):
+    h = Harness(tmp_path, request.node.name[:60].replace("[", "_").replace("]", "_"))
+    yield h
+    h.stop()
+
+
+def png(seed: int = 0, size: int = 32) -> bytes:
+    return encode(normal_image(np.random.default_rng(seed), size))
+
+
+def test_a_dropped_image_is_decoded_and_queued_once(harness):
+    harness.start()
+    (harness.inbox / "a.png").write_bytes(png(1))
+    frames = harness.frames(1)
+    assert len(frames) == 1
+    assert frames[0].path == harness.inbox / "a.png"
+    assert frames[0].image.shape == (32, 32)
+    assert harness.quiet_for(0.5) == []
+
+
+def test_files_in_subfolders_are_watched(harness):
+    harness.start()
+    (harness.inbox / "day1" / "shift2").mkdir(parents=True)
+    (harness.inbox / "day1" / "shift2" / "b.jpg").write_bytes(encode(normal_image(np.random.default_rng(2)),
+                                                                       ".jpg"))
+    assert [f.path.name for f in harness.frames(1)] == ["b.jpg"]
+
+
+def test_a_slowly_written_file_is_read_only_when_complete(harness, tmp_path):
+    big = cv2.resize(normal_image(np.random.default_rng(3), 32), (256, 256)) + np.random.default_rng(4).integers(
+        0, 40, (256, 256), dtype=np.uint8)
+    src = tmp_path / "src.png"
+    src.write_bytes(encode(big))
+    harness.start()
+    writer = subprocess.Popen([sys.executable, str(HERE / "slow_writer.py"), str(src),
+                               str(harness.inbox / "slow.png"), "8", "0.15"])
+    frames = harness.frames(1, timeout=15)
+    assert writer.wait(15) == 0
+    frames += harness.quiet_for(0.5)
+    assert len(frames) == 1
+    np.testing.assert_array_equal(frames[0].image, big)
+
+
+def test_a_file_renamed_into_the_folder_is_scored(harness, tmp_path):
+    harness.start()
+    staged = tmp_path / "staged.png"
+    staged.write_bytes(png(5))
+    staged.rename(harness.inbox / "moved.png")
+    assert [f.path.name for f in harness.frames(1)] == ["moved.png"]
+
+
+def test_files_present_at_start_are_scanned_as_backlog(harness):
+    harness.inbox.mkdir(parents=True)
+    for i in range(3):
+        (harness.inbox / f"old{i}.png").write_bytes(png(i))
+    harness.start()
+    assert sorted(f.path.name for f in harness.frames(3)) == ["old0.png", "old1.png", "old2.png"]
+
+
+def test_scored_files_are_not_queued_again_after_a_restart(harness):
+    harness.inbox.mkdir(parents=True)
+    (harness.inbox / "done.png").write_bytes(png(1))
+    source = harness.start()
+    (frame,) = harness.frames(1)
+    source.mark_scored(frame.path)
+    harness.stop()
+    (harness.inbox / "new.png").write_bytes(png(2))  # arrived while the daemon was down
+    harness.start()
+    assert [f.path.name for f in harness.frames(1)] == ["new.png"]
+    assert harness.quiet_for(0.5) == []
+
+
+def test_a_file_queued_but_not_scored_before_a_stop_is_queued_again(harness):
+    harness.inbox.mkdir(parents=True)
+    (harness.inbox / "pending.png").write_bytes(png(1))
+    harness.start()
+    assert len(harness.frames(1)) == 1  # taken, but the verdict never came (crash)
+    harness.stop()
+    harness.start()
+    assert [f.path.name for f in harness.frames(1)] == ["pending.png"]
+
+
+def test_an_overwritten_file_is_scored_again(harness):
+    source = harness.start()
+    path = harness.inbox / "latest.png"
+    path.write_bytes(png(1))
+    (frame,) = harness.frames(1)
+    source.mark_scored(frame.path)
+    time.sleep(0.05)
+    path.write_bytes(png(2, size=40))
+    assert [f.image.shape for f in harness.frames(1)] == [(40, 40)]
+
+
+def test_non_image_files_are_ignored_and_counted(harness):
+    before = metrics.FILES_IGNORED.labels(harness.config.name)._value.get()
+    harness.start()
+    (harness.inbox / "notes.txt").write_text("hello")
+    (harness.inbox / ".hidden.png.part").write_bytes(b"x")
+    assert harness.quiet_for(0.6) == []
+    assert metrics.FILES_IGNORED.labels(harness.config.name)._value.get() == before + 1
+
+
+def quarantined(harness, name: str) -> tuple[Path, str]:
+    folder = harness.quarantine_dir / harness.config.name
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        hits = [p for p in folder.glob(f"*{name}")] if folder.exists() else []
+        if hits:
+            reason = hits[0].with_name(hits[0].name + ".reason.txt")
+            for _ in range(50):
+                if reason.exists():
+                    return hits[0], reason.read_text()
+                time.sleep(0.02)
+        time.sleep(0.05)
+    raise AssertionError(f"{name} was not quarantined")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("cut.png", png(1)[:-40], "truncated"),
+        ("cut.jpg", encode(normal_image(np.random.default_rng(1), 64), ".jpg")[:-200], "truncated"),
+        ("empty.png", b"", "empty"),
+        ("garbage.png", b"this is not an image at all" * 10, "undecodable"),
+    ],
+)
+def test_bad_files_are_quarantined_with_a_reason_and_counted(harness, name, content, reason):
+    counter = metrics.FILES_QUARANTINED.labels(harness.config.name, reason)
+    before = counter._value.get()
+    harness.start()
+    (harness.inbox / name).write_bytes(content)
+    moved, text = quarantined(harness, name)
+    assert f"reason: {reason}" in text
+    assert moved.read_bytes() == content  # nothing lost: the bytes are kept for a person to look at
+    assert not (harness.inbox / name).exists()
+    assert counter._value.get() == before + 1
+    assert harness.quiet_for(0.2) == []
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def test_a_decompression_bomb_is_quarantined_without_decoding(harness):
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + _png_chunk(b"IEND", b""))
+    assert image_is_complete(bomb)
+    harness.start()
+    (harness.inbox / "bomb.png").write_bytes(bomb)
+    _, text = quarantined(harness, "bomb.png")
+    assert "reason: too_large" in text
+
+
+def test_files_larger_than_the_limit_are_quarantined_unread(tmp_path):
+    h = Harness(tmp_path, "limit", max_file_bytes=1000)
+    try:
+        h.start()
+        (h.inbox / "huge.png").write_bytes(encode(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)))
+        _, text = quarantined(h, "huge.png")
+        assert "reason: too_large" in text
+    finally:
+        h.stop()
+
+
+def test_a_full_queue_blocks_the_folder_and_no_file_is_dropped(tmp_path):
+    h = Harness(tmp_path, "pressure", capacity=2)
+    try:
+        h.start()
+        for i in range(12):
+            (h.inbox / f"p{i:02d}.png").write_bytes(png(i))
+        time.sleep(1.0)
+        assert len(h.queue) == 2  # the producer waits instead of dropping
+        got = []
+        deadline = time.monotonic() + 15
+        while len(got) < 12 and time.monotonic() < deadline:
+            got += h.queue.collect(max_batch=1, max_wait_s=0, poll_s=0.05)
+        assert sorted(f.path.name for f in got) == [f"p{i:02d}.png" for i in range(12)]
+    finally:
+        h.stop()
+
+
+def test_stop_returns_promptly_while_the_producer_is_blocked(tmp_path):
+    h = Harness(tmp_path, "stopping", capacity=1)
+    h.start()
+    for i in range(3):
+        (h.inbox / f"s{i}.png").write_bytes(png(i))
+    time.sleep(0.5)
+    start = time.monotonic()
+    stopper = threading.Thread(target=h.stop, name="stopper")
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert time.monotonic() - start < 8
