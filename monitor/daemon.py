@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from monitor import metrics, systemd
 from monitor.batching import FrameQueue
 from monitor.config import Config
 from monitor.evidence import EvidenceStore, render_evidence
-from monitor.journal import Journal
+from monitor.journal import Journal, read_journal_tail
 from monitor.model.bundle import Bundle
 from monitor.model.scorer import BatchScorer, ScoredBatch
 from monitor.records import Frame, SourceEvent, Verdict
@@ -90,10 +92,15 @@ class Daemon:
 
             self.alerts = AlertDispatcher(cfg.alerts, cfg.output.state / "outbox")
             self.alerts.start()
+        # Trace the compiled forward pass now, so the first real image is not the one that waits for it.
+        b = self.bundle
+        self.scorer.score_inputs(np.zeros((1, b.height, b.width, b.channels), np.float32))
         self._thread.start()
+        recent = read_journal_tail(cfg.output.journal) if cfg.folder_sources else []
         for src in cfg.folder_sources:
             ledger = Ledger(cfg.output.state / f"ledger-{src.name}.jsonl")
             folder = FolderSource(src, self.queue, ledger, self.quarantine)
+            folder.reconcile(recent)
             self.folders[src.name] = folder
             folder.start()
         if cfg.camera_sources:
@@ -203,7 +210,7 @@ class Daemon:
             evidence = self._write_evidence(frame, scored, i, score, threshold) if anomaly else None
             verdict = Verdict(source=frame.source, frame_time=frame.frame_time, scored_at=time.time(),
                               score=score, threshold=threshold, anomaly=anomaly, path=frame.path,
-                              evidence=evidence)
+                              evidence=evidence, file_key=frame.file_key)
             self.journal.append(verdict.to_json())
             verdicts.append((frame, verdict))
         self.journal.sync()  # verdicts are durable before the ledger says "done" and before any alert

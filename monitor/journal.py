@@ -67,3 +67,24 @@ def read_journal(path: Path) -> list[dict]:
         return []
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_journal_tail(path: Path, max_bytes: int = 4 * 2**20) -> list[dict]:
+    """The last records of a journal file, at most `max_bytes` of it; a line cut by a crash is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - max_bytes))
+        data = f.read()
+    lines = data.split(b"\n")
+    if size > max_bytes:
+        lines = lines[1:]  # the first line is probably cut by the seek
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records

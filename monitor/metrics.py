@@ -6,7 +6,18 @@ Label values are bounded: source names, sink names, stages and reasons from fixe
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    start_http_server,
+)
+
+# `_created` series double every counter for no dashboard use.
+disable_created_metrics()
 
 PREFIX = "anomaly_monitor"
 REGISTRY = CollectorRegistry(auto_describe=True)

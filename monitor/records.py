@@ -17,6 +17,7 @@ class Frame:
     image: np.ndarray  # uint8 or uint16, HxW or HxWxC (BGR/BGRA as OpenCV decodes it)
     frame_time: float  # wall-clock seconds: when the file arrived or the camera captured the frame
     path: Path | None = None  # set for folder files, None for camera frames
+    file_key: tuple[str, int, int] | None = None  # folder files: (path in the folder, size, mtime_ns)
     enqueued: float = field(default_factory=time.monotonic)  # monotonic, for max-wait and latency
 
     @property
@@ -36,10 +37,11 @@ class Verdict:
     anomaly: bool
     path: Path | None = None
     evidence: Path | None = None
+    file_key: tuple[str, int, int] | None = None
 
     def to_json(self) -> dict:
         """The journal's line for this verdict (see README, 'Journal')."""
-        return {
+        record = {
             "time": self.scored_at,
             "frame_time": self.frame_time,
             "source": self.source,
@@ -49,6 +51,10 @@ class Verdict:
             "anomaly": self.anomaly,
             "evidence": str(self.evidence) if self.evidence is not None else None,
         }
+        if self.file_key is not None:
+            # The scored file version: a restart after a crash re-derives the ledger from these.
+            record["file"] = {"name": self.file_key[0], "size": self.file_key[1], "mtime_ns": self.file_key[2]}
+        return record
 
 
 @dataclass(frozen=True)

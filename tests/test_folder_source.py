@@ -254,3 +254,20 @@ def test_stop_returns_promptly_while_the_producer_is_blocked(tmp_path):
     stopper.join(10)
     assert not stopper.is_alive()
     assert time.monotonic() - start < 8
+
+
+def test_journal_records_of_scored_files_are_reconciled_into_the_ledger(harness):
+    harness.inbox.mkdir(parents=True)
+    path = harness.inbox / "crashed.png"
+    path.write_bytes(png(1))
+    st = path.stat()
+    source = FolderSource(harness.config, harness.queue, Ledger(harness.ledger_path),
+                          Quarantine(harness.quarantine_dir))
+    # The daemon died after the verdict's journal line, before its ledger line.
+    record = {"source": harness.config.name, "path": str(path),
+              "file": {"name": "crashed.png", "size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    other = {"source": "another", "path": "/x", "file": {"name": "x.png", "size": 1, "mtime_ns": 1}}
+    assert source.reconcile([record, other, {"event": "daemon_start"}]) == 1
+    harness.source = source
+    source.start()
+    assert harness.quiet_for(0.6) == []

@@ -304,13 +304,35 @@ class FolderSource:
         with self._lock:
             self._pending.pop(path, None)
             self._inflight[path] = key
-        frame = Frame(source=self.name, image=image, frame_time=cand.first_seen, path=path)
+        frame = Frame(source=self.name, image=image, frame_time=cand.first_seen, path=path, file_key=key)
         try:
             self.queue.put(frame)  # blocks while the queue is full: back-pressure, never a drop
         except QueueClosed:
             with self._lock:
                 self._inflight.pop(path, None)
             raise
+
+    def reconcile(self, records: list[dict]) -> int:
+        """Add to the ledger the file versions that journal `records` show as scored; returns how many.
+
+        Closes the window between a verdict's journal line and its ledger line: after a crash there,
+        the journal (the source of truth) says the file was scored, so it is not scored twice.
+        """
+        added = 0
+        for rec in records:
+            file = rec.get("file")
+            if rec.get("source") != self.name or not isinstance(file, dict):
+                continue
+            try:
+                key: FileKey = (str(file["name"]), int(file["size"]), int(file["mtime_ns"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if key not in self.ledger:
+                self.ledger.add(key)
+                added += 1
+        if added:
+            log.info("ledger reconciled from journal source=%s added=%d", self.name, added)
+        return added
 
     def mark_scored(self, path: Path) -> None:
         """Called after the verdict is in the journal: record the file version in the ledger."""
