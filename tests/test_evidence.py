@@ -1,0 +1,80 @@
+"""Evidence images: three panels with the score written on them; retention by count and bytes."""
+
+import time
+
+import cv2
+import numpy as np
+
+from monitor.evidence import HEADER_HEIGHT, EvidenceStore, render_evidence
+
+
+def sample(size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    inp = rng.random((size, size, 1), dtype=np.float32)
+    rec = np.full_like(inp, 0.5)
+    err = np.zeros((size, size), np.float32)
+    err[4:8, 20:28] = 1.0
+    return inp, rec, err
+
+
+def test_evidence_has_input_reconstruction_and_heat_map_side_by_side():
+    inp, rec, err = sample()
+    image = render_evidence(inp, rec, err, score=0.2, threshold=0.1, title="line1 a.png")
+    assert image.dtype == np.uint8 and image.shape[2] == 3
+    panel = (image.shape[1] - 8) // 3
+    assert panel >= 192 and image.shape[0] == HEADER_HEIGHT + panel
+    heat = image[HEADER_HEIGHT:, 2 * (panel + 4):]
+    scale = panel // 32
+    # The heat map is brightest exactly where the error is.
+    hot = heat[4 * scale:8 * scale, 20 * scale:28 * scale].mean()
+    cold = heat[16 * scale:, :16 * scale].mean()
+    assert hot > cold + 100
+
+
+def test_evidence_header_differs_for_anomaly_and_normal():
+    inp, rec, err = sample()
+    anomaly = render_evidence(inp, rec, err, score=0.2, threshold=0.1)
+    normal = render_evidence(inp, rec, err, score=0.05, threshold=0.1)
+    # Red text for an anomaly, green for normal (BGR).
+    assert anomaly[:HEADER_HEIGHT, :, 2].max() > anomaly[:HEADER_HEIGHT, :, 1].max() - 10
+    assert not np.array_equal(anomaly[:HEADER_HEIGHT], normal[:HEADER_HEIGHT])
+
+
+def test_colour_inputs_are_rendered_in_colour():
+    rng = np.random.default_rng(1)
+    inp = rng.random((16, 16, 3), dtype=np.float32)
+    image = render_evidence(inp, inp, np.zeros((16, 16), np.float32), 0.0, 1.0)
+    body = image[HEADER_HEIGHT:, :192]
+    assert not np.array_equal(body[:, :, 0], body[:, :, 2])
+
+
+def test_store_writes_png_named_by_time_source_and_input(tmp_path):
+    store = EvidenceStore(tmp_path, max_files=10)
+    path = store.save(np.zeros((8, 8, 3), np.uint8), "line 1", time.time(), "part/../x 7")
+    assert path.parent == tmp_path and path.suffix == ".png"
+    assert "line_1" in path.name and "/" not in path.name.replace(str(tmp_path), "")
+    assert cv2.imread(str(path)) is not None
+
+
+def test_store_keeps_at_most_max_files_removing_the_oldest(tmp_path):
+    store = EvidenceStore(tmp_path, max_files=3)
+    paths = [store.save(np.full((8, 8, 3), i, np.uint8), "s", 1000.0 + i, f"f{i}") for i in range(5)]
+    assert sorted(tmp_path.glob("*.png")) == sorted(paths[2:])
+
+
+def test_store_keeps_under_max_bytes(tmp_path):
+    noise = np.random.default_rng(2).integers(0, 255, (64, 64, 3), np.uint8)
+    size = len(cv2.imencode(".png", noise)[1])
+    store = EvidenceStore(tmp_path, max_files=100, max_bytes=int(size * 2.5))
+    for i in range(6):
+        store.save(noise, "s", 1000.0 + i, f"n{i}")
+    assert len(list(tmp_path.glob("*.png"))) == 2
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.png")) <= size * 2.5
+
+
+def test_store_applies_retention_to_files_left_by_an_earlier_run(tmp_path):
+    first = EvidenceStore(tmp_path, max_files=10)
+    for i in range(6):
+        first.save(np.zeros((8, 8, 3), np.uint8), "s", 1000.0 + i, f"old{i}")
+    EvidenceStore(tmp_path, max_files=2)
+    assert len(list(tmp_path.glob("*.png"))) == 2

@@ -1,0 +1,31 @@
+"""The processed-files ledger survives restarts and cut lines, and stays as small as the folder."""
+
+from monitor.sources.ledger import Ledger
+
+
+def test_ledger_remembers_across_reopen(tmp_path):
+    ledger = Ledger(tmp_path / "l.jsonl")
+    ledger.add(("a.png", 10, 123))
+    ledger.close()
+    again = Ledger(tmp_path / "l.jsonl")
+    assert ("a.png", 10, 123) in again
+    assert ("a.png", 11, 123) not in again  # another version of the same name
+
+
+def test_a_line_cut_by_a_crash_is_skipped(tmp_path):
+    path = tmp_path / "l.jsonl"
+    path.write_text('{"p": "a.png", "s": 1, "m": 2}\n{"p": "b.pn')
+    ledger = Ledger(path)
+    assert ("a.png", 1, 2) in ledger and len(ledger) == 1
+
+
+def test_compaction_drops_entries_of_files_that_are_gone(tmp_path):
+    ledger = Ledger(tmp_path / "l.jsonl")
+    for i in range(5):
+        ledger.add((f"{i}.png", 1, 1))
+    ledger.compact([("1.png", 1, 1), ("3.png", 1, 1), ("new.png", 1, 1)])
+    ledger.add(("9.png", 1, 1))
+    ledger.close()
+    again = Ledger(tmp_path / "l.jsonl")
+    assert len(again) == 3
+    assert ("1.png", 1, 1) in again and ("9.png", 1, 1) in again and ("0.png", 1, 1) not in again
