@@ -7,5 +7,9 @@ import os
 os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(2**26))
 # TensorFlow's C++ start-up chatter is not one-line-per-event logging; keep warnings and errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A camera that is down makes OpenCV and FFmpeg print unstructured lines on every reconnect attempt; the
+# camera source logs one structured line instead. OpenCV reads its variable only before cv2 is imported.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.alerts.config import AlertsConfig
+from monitor.alerts.config import SINK_TYPES, AlertsConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -38,9 +38,9 @@ class FolderSourceConfig(_Strict):
     folder: Path
     recursive: bool = True
     extensions: list[str] = list(IMAGE_EXTENSIONS)
-    # A file closed by its writer is read after this quiet time; one never seen closed (a network
-    # share without inotify) after `stable_s` of unchanged size.
-    settle_ms: int = Field(default=100, ge=0, le=60_000)
+    # A file closed by its writer, or a PNG/JPEG/BMP (they carry their own end marker), is read after this quiet
+    # time; any other file never seen closed (a TIFF on a network share) after `stable_s` of unchanged size.
+    settle_ms: int = Field(default=20, ge=0, le=60_000)
     stable_s: float = Field(default=2.0, gt=0, le=3600)
     # An image that still does not decode this long after its last change is quarantined.
     incomplete_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
@@ -171,7 +171,7 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("folder", "camera") and parts and parts[-1].endswith("]"):
+        elif item in ("folder", "camera", *SINK_TYPES) and parts and parts[-1].endswith("]"):
             continue  # the discriminator tag pydantic puts in the location, not a key of the file
         else:
             parts.append(("." if parts else "") + str(item))
@@ -184,7 +184,8 @@ def _resolve(base: Path, path: Path) -> Path:
 
 
 def _camera_is_file(camera: int | str) -> bool:
-    return isinstance(camera, str) and "://" not in camera and not camera.startswith("/dev/")
+    return (isinstance(camera, str) and "://" not in camera and not camera.startswith("/dev/")
+            and not camera.strip().isdigit())  # camera: "0" is USB camera 0, not a file named 0
 
 
 def parse_config(data: Any, path: Path) -> Config:
@@ -213,6 +214,7 @@ def parse_config(data: Any, path: Path) -> Config:
             source.folder = _resolve(base, source.folder)
         elif _camera_is_file(source.camera):
             source.camera = str(_resolve(base, Path(str(source.camera))))
+    config.alerts.resolve_paths(base)
     return config
 
 

@@ -142,8 +142,11 @@ class Daemon:
         for source in [*self.folders.values(), *self.cameras]:
             source.stop()
         self.queue.close()
+        # A camera blocked in an open or a read returns within its read timeout.
+        join_s = max([JOIN_TIMEOUT_S, *(1.5 * c.read_timeout_s for c in self.config.camera_sources)])
+        deadline = time.monotonic() + join_s
         for source in [*self.folders.values(), *self.cameras]:
-            source.join(JOIN_TIMEOUT_S)
+            source.join(max(0.1, deadline - time.monotonic()))
         self._stop.set()
         self._thread.join(JOIN_TIMEOUT_S * 2)
         if self._thread.is_alive():
@@ -235,8 +238,6 @@ class Daemon:
             else:
                 log.debug("normal source=%s path=%s score=%.6g threshold=%.6g", source, frame.path,
                           verdict.score, verdict.threshold)
-        for folder in self.folders.values():
-            folder.ledger.sync()
 
     def _write_evidence(self, frame: Frame, scored: ScoredBatch, i: int, score: float,
                         threshold: float) -> Path | None:

@@ -22,8 +22,9 @@ disable_created_metrics()
 PREFIX = "anomaly_monitor"
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-# Reconstruction errors of [0, 1] images live between ~1e-5 and ~1e-1.
-_SCORE_BUCKETS = tuple(round(10 ** (e / 4), 8) for e in range(-24, 1))
+# Scores of [0, 1] images: mse lives between ~1e-5 and ~1e-1, SSIM-based scores up to ~1, a badly fitting
+# model higher: quarter decades from 1e-6 to 10.
+_SCORE_BUCKETS = tuple(round(10 ** (e / 4), 8) for e in range(-24, 5))
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 

@@ -11,6 +11,7 @@ have prometheus-alertmanager || need+=(prometheus-alertmanager)
 have ffmpeg || need+=(ffmpeg)
 have mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 have systemd-analyze || need+=(systemd)
+have openssl || need+=(openssl)  # self-signed certificates for the SMTP STARTTLS/TLS tests
 have gst-launch-1.0 || need+=(gstreamer1.0-tools)
 /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' \
     >/dev/null 2>&1 || need+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)

@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from daemon_proc import DaemonProcess, free_port, wait_until
 from imagegen import anomalous_image, normal_image, write_images
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from imagegen import encode, normal_image
+
 from monitor import metrics
 from monitor.batching import FrameQueue
 from monitor.config import FolderSourceConfig

@@ -1,1 +1,6 @@
 """Alert events, the on-disk outbox, the dispatcher and one module per sink."""
+
+from monitor.alerts.config import AlertsConfig
+from monitor.alerts.dispatcher import AlertDispatcher, send_test_alert
+
+__all__ = ["AlertDispatcher", "AlertsConfig", "send_test_alert"]

@@ -122,6 +122,7 @@ class CameraSource:
 
     @property
     def alive(self) -> bool:
+        """True while the reader thread runs (a finished video file or a stopped source: False)."""
         return self._thread.is_alive()
 
     @property
@@ -360,6 +361,7 @@ class CameraSource:
             self._stop.wait(min(_WAIT_SLICE_S, deadline - now))
 
     def _finish(self) -> None:
+        self._down_since = time.monotonic()  # no longer delivering, but finished is not lost: no event
         self._up.set(0)
         self.finished.set()
         log.info("camera_finished source=%s frames=%d", self.name, self.frames_read)

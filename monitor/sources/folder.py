@@ -41,6 +41,8 @@ from monitor.sources.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
+# Formats whose bytes say where the image ends (see image_is_complete).
+SELF_DELIMITED = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _RETRY_S = 0.25
 _TICK_S = 0.05
@@ -179,6 +181,7 @@ class FolderSource:
         with self._lock:
             if path in self._inflight:
                 return
+            idle = not self._pending
             cand = self._pending.get(path)
             if cand is None:
                 self._pending[path] = _Candidate(arrived or time.time(), now, closed)
@@ -186,7 +189,10 @@ class FolderSource:
                 cand.last_change = now
                 cand.closed = cand.closed or closed
                 cand.next_try = 0.0
-        self._wake.set()
+        # Waking the settle loop on every event of a burst would rescan the pending set each time;
+        # once it has candidates it wakes by itself when the next one is due.
+        if idle:
+            self._wake.set()
 
     def forget(self, path: Path) -> None:
         with self._lock:
@@ -214,17 +220,27 @@ class FolderSource:
         return [key for _, _, key in found]
 
     # --- the settle loop ------------------------------------------------------------------------
+    def _quick(self, path: Path, cand: _Candidate) -> bool:
+        # A file moved in from elsewhere never shows a close event, but PNG, JPEG and BMP carry their own
+        # end: reading after a short quiet time is safe, the end check refuses a partial file.
+        return cand.closed or path.suffix.lower() in SELF_DELIMITED
+
+    def _due_at(self, path: Path, cand: _Candidate) -> float:
+        quiet = self.config.settle_ms / 1000 if self._quick(path, cand) else self.config.stable_s
+        return max(cand.next_try, cand.last_change + quiet)
+
     def _run(self) -> None:
+        wait = _TICK_S
         while not self._stop.is_set():
-            self._wake.wait(_TICK_S)
+            self._wake.wait(wait)
             self._wake.clear()
             now = time.monotonic()
             with self._lock:
-                due = sorted(
-                    ((c.first_seen, p) for p, c in self._pending.items()
-                     if now >= c.next_try and now - c.last_change >= (
-                         self.config.settle_ms / 1000 if c.closed else self.config.stable_s)),
-                )
+                due_at = [(self._due_at(p, c), c.first_seen, p) for p, c in self._pending.items()]
+            due = sorted((first, p) for at, first, p in due_at if at <= now)
+            later = [at for at, _, _ in due_at if at > now]
+            # Sleep until the next candidate is due (a new event wakes us earlier), at most one tick.
+            wait = min([_TICK_S, *(at - now for at in later)]) if not due else 0.0
             for _, path in due:
                 if self._stop.is_set():
                     return
@@ -256,12 +272,12 @@ class FolderSource:
             self.forget(path)
             return
         if st.st_size != cand.size:
-            # A closed file is read at first look; any other size change restarts the quiet clock, so a
-            # file never seen closed is read only after two looks `stable_s` apart agree on its size.
+            # A closed or self-delimited file is read at first look; any other size change restarts the
+            # quiet clock, so other files are read only after two looks `stable_s` apart agree on the size.
             first_look = cand.size < 0
             with self._lock:
                 cand.size = st.st_size
-                if not (first_look and cand.closed):
+                if not (first_look and self._quick(path, cand)):
                     cand.last_change = time.monotonic()
                     return
         key: FileKey = (self._relative(path), st.st_size, st.st_mtime_ns)

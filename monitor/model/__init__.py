@@ -1,0 +1,1 @@
+"""The model: architecture, preprocessing, scores, the saved bundle, the batched scorer, training."""

@@ -1,0 +1,177 @@
+"""`monitor evaluate`: how well a bundle separates labelled normal and anomalous images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from monitor.model.bundle import Bundle
+from monitor.model.metrics import (
+    Detection,
+    auroc,
+    average_precision,
+    best_f1,
+    detection_at,
+    pr_curve,
+    roc_curve,
+)
+from monitor.model.scorer import BatchScorer, ScoredBatch
+from monitor.model.train import list_images, read_image
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(Exception):
+    """Labelled data that cannot be evaluated (missing folder, no images)."""
+
+
+@dataclass
+class Evaluation:
+    """Figures of one evaluation; `scores`/`paths` per image, normal first."""
+
+    bundle: str
+    score_name: str
+    threshold: float
+    auroc: float
+    average_precision: float
+    at_threshold: Detection
+    best: Detection
+    n_normal: int
+    n_anomaly: int
+    seconds: float
+    images_per_second: float
+    unreadable: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    report: str | None = None
+
+    def to_json(self, per_image: bool = True) -> dict:
+        """The `--json` object (per-image scores included, so they can be checked against `score`)."""
+        out = {
+            "bundle": self.bundle, "score_name": self.score_name, "threshold": self.threshold,
+            "auroc": self.auroc, "average_precision": self.average_precision,
+            "precision": self.at_threshold.precision, "recall": self.at_threshold.recall,
+            "f1": self.at_threshold.f1, "at_threshold": self.at_threshold.to_json(),
+            "best_f1": self.best.to_json(), "counts": {"normal": self.n_normal, "anomaly": self.n_anomaly},
+            "unreadable": self.unreadable, "seconds": self.seconds,
+            "images_per_second": self.images_per_second,
+            "report": self.report,
+        }
+        if per_image:
+            out["images"] = [{"path": p, "score": s, "label": "anomaly" if y else "normal"}
+                             for p, s, y in zip(self.paths, self.scores, self.labels, strict=True)]
+        return out
+
+
+def _read_folder(folder: Path, what: str) -> tuple[list[Path], list[np.ndarray], list[str]]:
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: {what} folder does not exist")
+    paths = list_images(folder)
+    if not paths:
+        raise EvaluationError(f"{folder}: no image files in the {what} folder")
+    ok, images, bad = [], [], []
+    for p in paths:
+        image = read_image(p)
+        if image is None:
+            bad.append(str(p))
+            log.warning("evaluate_file_unreadable path=%s", p)
+        else:
+            ok.append(p)
+            images.append(image)
+    if not ok:
+        raise EvaluationError(f"{folder}: none of the {len(paths)} files in the {what} folder is readable")
+    return ok, images, bad
+
+
+def evaluate_folders(bundle: Bundle, normal_dir: Path, anomaly_dir: Path, max_batch: int = 32,
+                     report_dir: Path | None = None, worst: int = 5) -> Evaluation:
+    """Score both folders, compute the figures, optionally write the report folder."""
+    n_paths, n_images, n_bad = _read_folder(Path(normal_dir), "normal")
+    a_paths, a_images, a_bad = _read_folder(Path(anomaly_dir), "anomaly")
+    scorer = BatchScorer(bundle, max_batch=max_batch)
+    scorer.score(n_images[:1])  # trace the graph outside the timed part
+    start = time.monotonic()
+    out = scorer.score(n_images + a_images)
+    seconds = time.monotonic() - start
+    labels = np.r_[np.zeros(len(n_images), int), np.ones(len(a_images), int)]
+    threshold = bundle.default_threshold
+    result = Evaluation(
+        bundle=str(bundle.path), score_name=bundle.score_name, threshold=threshold,
+        auroc=auroc(out.scores, labels), average_precision=average_precision(out.scores, labels),
+        at_threshold=detection_at(out.scores, labels, threshold), best=best_f1(out.scores, labels),
+        n_normal=len(n_images), n_anomaly=len(a_images), seconds=round(seconds, 4),
+        images_per_second=round(len(labels) / seconds, 1) if seconds > 0 else float("inf"),
+        unreadable=n_bad + a_bad, paths=[str(p) for p in n_paths + a_paths],
+        scores=[float(s) for s in out.scores], labels=[int(v) for v in labels])
+    if report_dir is not None:
+        write_evaluation_report(result, out, Path(report_dir), worst)
+        result.report = str(report_dir)
+    return result
+
+
+def _render(out: ScoredBatch, i: int, threshold: float, title: str) -> np.ndarray:
+    try:
+        from monitor.evidence import render_evidence
+    except ImportError:  # the daemon's renderer is the one users know; fall back only if it is absent
+        return _simple_evidence(out.inputs[i], out.reconstructions[i], out.error_maps[i])
+    return render_evidence(out.inputs[i], out.reconstructions[i], out.error_maps[i], float(out.scores[i]),
+                           threshold, title)
+
+
+def _simple_evidence(x: np.ndarray, r: np.ndarray, m: np.ndarray) -> np.ndarray:
+    def bgr(a: np.ndarray) -> np.ndarray:
+        a = (np.clip(a, 0, 1) * 255).astype(np.uint8)
+        return cv2.cvtColor(a, cv2.COLOR_GRAY2BGR) if a.ndim == 2 or a.shape[-1] == 1 else a
+
+    heat = cv2.applyColorMap((np.clip(m / max(float(m.max()), 1e-12), 0, 1) * 255).astype(np.uint8),
+                             cv2.COLORMAP_JET)
+    return np.hstack([bgr(x.squeeze(-1) if x.shape[-1] == 1 else x),
+                      bgr(r.squeeze(-1) if r.shape[-1] == 1 else r), heat])
+
+
+def write_evaluation_report(result: Evaluation, out: ScoredBatch, folder: Path, worst: int = 5) -> None:
+    """Histogram, ROC and PR curves, worst false positives/negatives as evidence images, figures.json."""
+    from monitor.model.report import plot_roc_pr, plot_score_histogram
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scores, labels = np.asarray(result.scores), np.asarray(result.labels)
+    plot_score_histogram(folder / "scores.png", result.threshold, scores[labels == 0], scores[labels == 1],
+                         result.score_name, "Scores: normal vs anomaly")
+    fpr, tpr = roc_curve(scores, labels)
+    precision, recall, _ = pr_curve(scores, labels)
+    plot_roc_pr(fpr, tpr, precision, recall, result.auroc, result.average_precision, folder / "roc_pr.png")
+    fp = [i for i in np.argsort(-scores) if labels[i] == 0 and scores[i] > result.threshold][:worst]
+    fn = [i for i in np.argsort(scores) if labels[i] == 1 and scores[i] <= result.threshold][:worst]
+    for kind, idx in (("false_positive", fp), ("false_negative", fn)):
+        for rank, i in enumerate(idx, 1):
+            name = Path(result.paths[i]).name
+            image = _render(out, int(i), result.threshold, f"{kind.replace('_', ' ')}: {name}")
+            cv2.imwrite(str(folder / f"{kind}_{rank:02d}_{Path(name).stem}.png"), image)
+    (folder / "figures.json").write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def format_evaluation(r: Evaluation) -> str:
+    """The human-readable evaluation summary."""
+    d, b = r.at_threshold, r.best
+    lines = [
+        f"bundle     {r.bundle} (score {r.score_name})",
+        f"images     {r.n_normal} normal, {r.n_anomaly} anomaly"
+        + (f", {len(r.unreadable)} unreadable (skipped)" if r.unreadable else ""),
+        f"AUROC      {r.auroc:.4f}",
+        f"AP         {r.average_precision:.4f}",
+        f"threshold  {r.threshold:.6g} (bundle): precision {d.precision:.3f}, recall {d.recall:.3f}, "
+        f"F1 {d.f1:.3f}  [TP {d.tp}, FP {d.fp}, TN {d.tn}, FN {d.fn}]",
+        f"best F1    {b.f1:.3f} at threshold {b.threshold:.6g}: precision {b.precision:.3f}, "
+        f"recall {b.recall:.3f}  (chosen with the labels; for comparison only)",
+        f"throughput {r.images_per_second:.1f} images/s ({r.seconds:.3f} s for {r.n_normal + r.n_anomaly})",
+    ]
+    if r.report:
+        lines.append(f"report     {r.report}")
+    return "\n".join(lines)

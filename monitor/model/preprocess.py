@@ -1,0 +1,61 @@
+"""Turn a decoded image into the model's input; the same function serves training and scoring.
+
+Colour order: the model sees colour images in BGR order, exactly as OpenCV decodes them
+(``cv2.imread`` / ``cv2.VideoCapture``); nothing is ever swapped to RGB. Gray images have one channel.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+PREPROCESSING = {
+    "resize": "cv2.INTER_AREA",
+    "scale": "uint8 / 255, uint16 / 65535, float clipped to [0, 1]",
+    "color_order": "BGR (OpenCV decode order)",
+    "gray": "cv2.COLOR_BGR2GRAY",
+}
+
+
+def _to_unit_float(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255.0)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / np.float32(65535.0)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    raise ValueError(f"unsupported image dtype {image.dtype} (expected uint8, uint16 or float)")
+
+
+def _convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"unsupported image shape {image.shape} (expected HxW, HxWx1, HxWx3 or HxWx4)")
+    if image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if channels == 1 else image
+
+
+def to_model_input(image: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
+    """A decoded image (uint8/uint16; gray, BGR or BGRA) as float32 HxWxC in [0, 1] (INTER_AREA resize)."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image = np.asarray(image)
+    if image.size == 0 or image.ndim < 2:
+        raise ValueError(f"empty or malformed image of shape {image.shape}")
+    x = _convert_channels(_to_unit_float(image), channels)
+    if x.shape[0] != height or x.shape[1] != width:
+        x = cv2.resize(x, (width, height), interpolation=cv2.INTER_AREA)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def to_model_batch(images: list[np.ndarray], height: int, width: int, channels: int) -> np.ndarray:
+    """Several decoded images as one float32 NxHxWxC batch."""
+    if not images:
+        return np.zeros((0, height, width, channels), np.float32)
+    return np.stack([to_model_input(im, height, width, channels) for im in images])

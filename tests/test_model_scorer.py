@@ -1,0 +1,72 @@
+"""The batched scorer: padding never changes a score; outputs have the documented shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagegen import anomalous_image, normal_image
+
+from monitor.model.bundle import load_bundle
+from monitor.model.scorer import BatchScorer
+
+MAX_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_bundle: Path) -> BatchScorer:
+    return BatchScorer(load_bundle(tiny_bundle), max_batch=MAX_BATCH)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [normal_image(rng, 32) if i % 3 else anomalous_image(rng, 32) for i in range(11)]
+
+
+@pytest.fixture(scope="module")
+def one_by_one(scorer: BatchScorer, images: list[np.ndarray]) -> np.ndarray:
+    return np.array([scorer.score([im]).scores[0] for im in images])
+
+
+def test_full_batch_scores_equal_one_by_one(scorer, images, one_by_one) -> None:  # noqa: ANN001
+    np.testing.assert_allclose(scorer.score(images[:MAX_BATCH]).scores, one_by_one[:MAX_BATCH], rtol=1e-5)
+
+
+def test_more_than_max_batch_is_split_with_the_same_scores(scorer, images, one_by_one) -> None:  # noqa: ANN001
+    np.testing.assert_allclose(scorer.score(images).scores, one_by_one, rtol=1e-5)
+
+
+def test_outputs_have_the_documented_shapes_and_types(scorer, images) -> None:  # noqa: ANN001
+    out = scorer.score(images[:5])
+    assert out.inputs.shape == out.reconstructions.shape == (5, 32, 32, 1)
+    assert out.error_maps.shape == (5, 32, 32) and out.error_maps.dtype == np.float32
+    assert out.scores.shape == (5,) and out.scores.dtype == np.float64
+    assert out.reconstructions.min() >= 0.0 and out.reconstructions.max() <= 1.0
+
+
+def test_mse_score_is_the_mean_of_its_error_map(scorer, images) -> None:  # noqa: ANN001
+    out = scorer.score(images[:3])
+    np.testing.assert_allclose(out.scores, out.error_maps.mean(axis=(1, 2)), rtol=1e-4)
+    direct = ((out.inputs - out.reconstructions) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(out.scores, direct, rtol=1e-4)
+
+
+def test_colour_and_other_sizes_are_converted_before_scoring(scorer, images) -> None:  # noqa: ANN001
+    import cv2
+
+    big = cv2.resize(images[1], (64, 64), interpolation=cv2.INTER_NEAREST)
+    big_bgr = cv2.cvtColor(big, cv2.COLOR_GRAY2BGR)
+    s = scorer.score([big_bgr, images[1]]).scores
+    assert s[0] == pytest.approx(s[1], rel=0.05)
+
+
+def test_empty_list_gives_empty_batch(scorer) -> None:  # noqa: ANN001
+    assert len(scorer.score([])) == 0
+
+
+def test_the_forward_pass_is_traced_once(scorer, images) -> None:  # noqa: ANN001
+    scorer.score(images[:1])
+    scorer.score(images)
+    assert scorer._forward.experimental_get_tracing_count() == 1

@@ -1,0 +1,61 @@
+"""Scores: the localized score finds a small defect that the image mean (mse) barely notices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagegen import normal_image
+
+from monitor.model.bundle import Bundle, load_bundle
+from monitor.model.scorer import BatchScorer
+from monitor.model.scores import SCORE_NAMES, get_score
+
+
+def _small_defect(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = img.copy()
+    y, x = (int(v) for v in rng.integers(8, 24, 2))
+    out[y:y + 4, x:x + 4] = 0 if img[y, x] > 128 else 255  # a 4x4 speck: 1.6% of the pixels
+    return out
+
+
+def _with_score(bundle: Bundle, name: str) -> Bundle:
+    return Bundle(bundle.path, bundle.model, {**bundle.meta, "score": {"name": name, "params": {}}})
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(77)
+    normals = [normal_image(rng, 32) for _ in range(60)]
+    defects = [_small_defect(normal_image(rng, 32), rng) for _ in range(20)]
+    return normals, defects
+
+
+def _separation(bundle: Bundle, name: str, images) -> float:  # noqa: ANN001
+    """Share of defective images scoring above every normal image."""
+    scorer = BatchScorer(_with_score(bundle, name), 32)
+    normal = scorer.score(images[0]).scores
+    defect = scorer.score(images[1]).scores
+    return float(np.mean(defect > normal.max()))
+
+
+def test_localized_score_catches_a_small_defect_that_mse_misses(tiny_bundle: Path, images) -> None:  # noqa: ANN001
+    bundle = load_bundle(tiny_bundle)
+    assert _separation(bundle, "mse", images) < 0.5
+    assert _separation(bundle, "smooth_max", images) >= 0.9
+
+
+@pytest.mark.parametrize("name", SCORE_NAMES)
+def test_every_score_reduces_its_own_error_map(tiny_bundle: Path, images, name: str) -> None:  # noqa: ANN001
+    out = BatchScorer(_with_score(load_bundle(tiny_bundle), name), 8).score(images[1][:4])
+    assert out.error_maps.shape == (4, 32, 32)
+    if name in ("smooth_max", "residual_max", "ssim_max"):
+        np.testing.assert_allclose(out.scores, out.error_maps.max(axis=(1, 2)), rtol=1e-5)
+    elif name in ("mse", "mae"):
+        np.testing.assert_allclose(out.scores, out.error_maps.mean(axis=(1, 2)), rtol=1e-4)
+
+
+def test_unknown_score_name_lists_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="known: mse"):
+        get_score("nope")

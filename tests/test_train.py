@@ -1,0 +1,151 @@
+"""Training: bundle contents, the report, repeatability with a seed, and clear errors for bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from imagegen import normal_image, write_images
+
+from monitor.cli import main
+from monitor.model.bundle import META_FILE, load_bundle
+from monitor.model.train import TrainingDataError, TrainOptions, train_bundle
+
+FAST = dict(size=(16, 16), channels=1, filters=(8, 16), latent=4, epochs=2, batch_size=16, seed=3, quiet=True,
+            report=False)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(5)
+    folder = tmp_path_factory.mktemp("small")
+    write_images(folder, [normal_image(rng, 16) for _ in range(30)])
+    return folder
+
+
+def test_bundle_records_everything_the_issue_lists(tiny_bundle: Path) -> None:
+    meta = json.loads((tiny_bundle / META_FILE).read_text())
+    assert meta["input"] == {"height": 32, "width": 32, "channels": 1, "color_order": "gray",
+                             "dtype": "float32", "range": [0.0, 1.0]}
+    assert meta["preprocessing"]["resize"] == "cv2.INTER_AREA"
+    assert meta["score"]["name"] == "mse"
+    assert meta["calibration"]["source"].startswith("validation")
+    assert len(meta["calibration"]["scores"]) == meta["training"]["validation_images"] == 32
+    assert set(meta["threshold"]) == {"quantile", "margin", "value", "method"}
+    assert meta["data"]["images"] == 160 and len(meta["data"]["file_list_sha256"]) == 64
+    assert {"tensorflow", "keras", "numpy", "opencv"} <= set(meta["versions"])
+    assert meta["training"]["seconds"] > 0 and meta["training"]["finished_at"]
+    assert meta["training"]["best_epoch"] >= 1 and len(meta["training"]["history"]["val_loss"]) >= 1
+
+
+def test_calibration_scores_are_the_validation_images_not_the_training_ones(tiny_bundle: Path) -> None:
+    meta = json.loads((tiny_bundle / META_FILE).read_text())
+    assert meta["training"]["train_images"] + meta["training"]["validation_images"] == 160
+    assert meta["training"]["validation_images"] == round(160 * meta["training"]["options"]["validation_split"])
+
+
+def test_training_writes_the_report(tiny_bundle: Path) -> None:
+    for name in ("loss_curve.png", "validation_scores.png", "reconstructions.png"):
+        image = cv2.imread(str(tiny_bundle / "report" / name))
+        assert image is not None and image.shape[0] > 100, name
+
+
+def test_same_seed_gives_identical_weights_and_scores(small_dir: Path, tmp_path: Path) -> None:
+    a = train_bundle(small_dir, tmp_path / "a", TrainOptions(**FAST))
+    b = train_bundle(small_dir, tmp_path / "b", TrainOptions(**FAST))
+    for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    assert a.meta["calibration"]["scores"] == b.meta["calibration"]["scores"]
+
+
+def test_early_stopping_restores_the_best_epoch(small_dir: Path, tmp_path: Path) -> None:
+    options = TrainOptions(**{**FAST, "epochs": 12, "patience": 2, "learning_rate": 0.05})
+    bundle = train_bundle(small_dir, tmp_path / "es", options)
+    hist = bundle.meta["training"]["history"]
+    best = bundle.meta["training"]["best_epoch"]
+    assert hist["val_loss"][best - 1] == min(hist["val_loss"])
+    assert bundle.meta["training"]["epochs_run"] <= 12
+
+
+def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDataError, match="no image files"):
+        train_bundle(tmp_path, tmp_path / "out", TrainOptions(**FAST))
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDataError, match="does not exist"):
+        train_bundle(tmp_path / "nope", tmp_path / "out", TrainOptions(**FAST))
+
+
+def test_too_few_images_for_a_validation_split_is_a_clear_error(tmp_path: Path) -> None:
+    write_images(tmp_path / "few", [normal_image(np.random.default_rng(0), 16) for _ in range(6)])
+    with pytest.raises(TrainingDataError, match="too few images for a validation split"):
+        train_bundle(tmp_path / "few", tmp_path / "out", TrainOptions(**FAST))
+
+
+def test_a_few_unreadable_files_are_skipped_and_listed(small_dir: Path, tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in small_dir.glob("*.png"):
+        (data / p.name).write_bytes(p.read_bytes())
+    (data / "broken.png").write_bytes(b"\x89PNG truncated")
+    bundle = train_bundle(data, tmp_path / "out", TrainOptions(**FAST))
+    assert bundle.meta["data"]["skipped"] == ["broken.png"]
+    assert "training_file_unreadable" in caplog.text and "broken.png" in caplog.text
+
+
+def test_many_unreadable_files_stop_training(small_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_images(data, [normal_image(np.random.default_rng(0), 16) for _ in range(20)])
+    for i in range(5):
+        (data / f"junk{i}.jpg").write_bytes(b"nope")
+    with pytest.raises(TrainingDataError, match="5 of 25 image files are unreadable"):
+        train_bundle(data, tmp_path / "out", TrainOptions(**FAST))
+
+
+def test_mixed_sizes_are_resized_and_said_once(tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(1)
+    write_images(tmp_path / "mixed", [normal_image(rng, 16 if i % 2 else 24) for i in range(30)])
+    bundle = train_bundle(tmp_path / "mixed", tmp_path / "out", TrainOptions(**FAST))
+    assert bundle.meta["data"]["shapes"] == {"16x16": 15, "24x24": 15}
+    assert caplog.text.count("training_mixed_sizes") == 1
+
+
+def test_cli_train_takes_flags_over_the_config_training_section(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("training:\n  size: 16x16\n  filters: [8, 16]\n  latent: 4\n  epochs: 5\n"
+                   "  learning_rate: 2e-3\n  seed: 1\n")
+    out = tmp_path / "cli_bundle"
+    assert main(["train", str(small_dir), "--out", str(out), "--config", str(cfg), "--epochs", "1",
+                 "--no-report"]) == 0
+    opts = load_bundle(out).meta["training"]["options"]
+    assert opts["epochs"] == 1 and opts["learning_rate"] == 2e-3 and opts["latent"] == 4
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "val_loss=" in err and "eta=" in err
+
+
+def test_cli_train_quiet_prints_no_progress(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    assert main(["train", str(small_dir), "--out", str(tmp_path / "q"), "--size", "16", "--filters", "8,16",
+                 "--latent", "4", "--epochs", "1", "--quiet", "--no-report"]) == 0
+    assert "epoch" not in capsys.readouterr().err
+
+
+def test_cli_train_unknown_config_key_exits_2(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("training:\n  epochz: 3\n")
+    assert main(["train", str(small_dir), "--out", str(tmp_path / "x"), "--config", str(cfg)]) == 2
+    assert "training.epochz: unknown key" in capsys.readouterr().err
+
+
+def test_cli_train_empty_folder_exits_2(tmp_path, capsys) -> None:  # noqa: ANN001
+    (tmp_path / "empty").mkdir()
+    assert main(["train", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_cli_train_bad_size_exits_2(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    assert main(["train", str(small_dir), "--out", str(tmp_path / "x"), "--size", "30x30", "--quiet"]) == 2
+    assert "divisible by 4" in capsys.readouterr().err
