@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-
 from daemon_proc import DaemonProcess, free_port
+
 from monitor.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
