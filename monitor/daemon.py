@@ -119,8 +119,12 @@ class Daemon:
         """Stop accepting frames; the scorer finishes what is queued. Safe to call from a signal handler."""
         self._stop.set()
 
-    def wait(self) -> None:
-        """Block until stop() is called, then drain the queue and close everything."""
+    def wait(self) -> int:
+        """Block until stop() is called, then drain the queue and close everything; returns the exit code.
+
+        A dead scorer or folder thread ends the daemon with exit code 1, so that systemd restarts it.
+        """
+        code = 0
         interval = systemd.watchdog_interval()
         next_ping = time.monotonic()
         while not self._stop.wait(0.2 if interval is None else min(0.2, interval)):
@@ -130,10 +134,13 @@ class Daemon:
                 if now - self._scorer_alive < 2 * interval:
                     systemd.notify("WATCHDOG=1")
                 next_ping = now + interval
-            if not self._thread.is_alive():
-                log.error("scorer thread died; stopping")
+            dead = [name for name, folder in self.folders.items() if not folder.alive]
+            if not self._thread.is_alive() or dead:
+                log.error("thread died, stopping scorer_alive=%s dead_folders=%s", self._thread.is_alive(), dead)
+                code = 1
                 break
         self.shutdown()
+        return code
 
     def shutdown(self) -> None:
         """Stop the sources, drain the queue, flush the journal and the ledgers."""
@@ -265,5 +272,4 @@ def run(config: Config, bundle: Bundle) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     daemon.start()
     systemd.notify(f"READY=1\nSTATUS=scoring {len(config.sources)} sources")
-    daemon.wait()
-    return 0
+    return daemon.wait()

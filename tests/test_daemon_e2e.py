@@ -284,3 +284,17 @@ def test_a_missing_bundle_exits_2_with_a_reason(tmp_path, subprocess_env):
                          text=True, env=subprocess_env, timeout=120)
     assert res.returncode == 2
     assert "no_such_bundle" in res.stderr
+
+
+def test_a_busy_metrics_port_exits_1_with_the_reason(tmp_path, tiny_bundle, subprocess_env):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = daemon_config(tiny_bundle, metrics={"host": "127.0.0.1", "port": busy.getsockname()[1]})
+        proc = DaemonProcess(tmp_path, config, subprocess_env)
+        proc.start(wait_ready=False)
+        rc = proc.proc.wait(120)
+    assert rc == 1
+    assert "Address already in use" in proc.log()

@@ -143,6 +143,11 @@ class FolderSource:
         if self._observer is not None:
             self._observer.stop()
 
+    @property
+    def alive(self) -> bool:
+        """True while the settle loop runs."""
+        return self._thread.is_alive()
+
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         if self._observer is not None:
