@@ -8,26 +8,31 @@ import sys
 from collections.abc import Sequence
 
 from monitor import __version__
-from monitor.config import ConfigError, load_config, setup_logging
+from monitor.config import Config, ConfigError, load_config, setup_logging
 
 log = logging.getLogger("monitor")
 
 
-def _cmd_check_config(args: argparse.Namespace) -> int:
+def _load(path: str) -> Config | None:
+    """The config, or None after printing why it cannot be used (callers exit 2)."""
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
         return 2
     print(f"{args.config}: valid ({len(config.sources)} sources, model {config.model})")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     setup_logging(args.log_level or config.logging.level)
     # TensorFlow loads only here: check-config and --help stay fast.
@@ -51,10 +56,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_test_alert(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     setup_logging(args.log_level or "WARNING")
     if not config.alerts.sinks:

@@ -101,3 +101,30 @@ def test_check_config_command_exit_codes(tmp_path):
                          text=True, cwd=REPO, timeout=120)
     assert res.returncode == 2
     assert f"{bad}: metrics.port:" in res.stderr
+
+
+def _commented_block(text: str, first: str, cont: str) -> list[str]:
+    block: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(first) or (block and line.startswith(cont)):
+            block.append(line.replace("#", " ", 1))
+        elif block:
+            break
+    return block
+
+
+def test_commented_examples_in_the_shipped_config_are_valid():
+    import yaml
+
+    from monitor.config import parse_config
+
+    text = (REPO / "config.yaml").read_text()
+    data = yaml.safe_load(text)
+    sinks = yaml.safe_load("\n".join(x[4:] for x in _commented_block(text, "  # - {type:", "  #    ")))
+    camera = yaml.safe_load("\n".join(_commented_block(text, "  # - name: cam1", "  #   ")))
+    assert len(sinks) == 6 and camera[0]["name"] == "cam1"
+    data["alerts"]["sinks"] = sinks
+    data["sources"] += camera
+    config = parse_config(data, REPO / "config.yaml")
+    assert [s.type for s in config.alerts.sinks] == ["webhook", "email", "apprise", "alertmanager", "mqtt", "command"]
+    assert config.camera_sources[0].camera == 0

@@ -121,3 +121,29 @@ def test_error_messages_are_one_line(bundle_copy: Path) -> None:
 def test_architecture_refuses_sizes_not_divisible_by_the_strides() -> None:
     with pytest.raises(ValueError, match="divisible by 4"):
         build_autoencoder(30, 32, 1, filters=(32, 64))
+
+
+def test_conv_architecture_round_trips_through_a_bundle_and_the_batch_scorer(tiny_bundle: Path,
+                                                                             tmp_path: Path) -> None:
+    from monitor.model.architecture import build_conv_autoencoder
+
+    model = build_conv_autoencoder(32, 32, 1, filters=(8, 16), code_channels=4)
+    meta = json.loads((tiny_bundle / META_FILE).read_text())
+    meta["architecture"] = {"name": "conv", "filters": [8, 16], "code_channels": 4}
+    meta["score"] = {"name": "smooth_quantile", "params": {"sigma": 2.0, "q": 0.99}}
+    saved = save_bundle(tmp_path / "conv", model, meta)
+    reloaded = load_bundle(saved.path)
+    assert reloaded.model.name == "fully_conv_autoencoder"
+    a = BatchScorer(saved, 8).score(_images(5))
+    b = BatchScorer(reloaded, 8).score(_images(5))
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    np.testing.assert_allclose(a.error_maps, b.error_maps, rtol=1e-6)
+
+
+def test_conv_architecture_has_a_spatial_code_and_no_dense_layer() -> None:
+    from monitor.model.architecture import build_conv_autoencoder
+
+    model = build_conv_autoencoder(64, 64, 1, filters=(32, 64, 128), code_channels=8)
+    assert tuple(model.get_layer("code").output.shape[1:]) == (8, 8, 8)
+    assert not any(type(layer).__name__ == "Dense" for layer in model.layers)
+    assert tuple(model.output_shape[1:]) == (64, 64, 1)

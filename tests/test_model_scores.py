@@ -54,6 +54,12 @@ def test_every_score_reduces_its_own_error_map(tiny_bundle: Path, images, name: 
         np.testing.assert_allclose(out.scores, out.error_maps.max(axis=(1, 2)), rtol=1e-5)
     elif name in ("mse", "mae"):
         np.testing.assert_allclose(out.scores, out.error_maps.mean(axis=(1, 2)), rtol=1e-4)
+    elif name == "smooth_quantile":
+        k = max(1, round((1 - 0.99) * 32 * 32))  # nearest rank: the k-th largest pixel of the map
+        expected = np.sort(out.error_maps.reshape(4, -1), axis=1)[:, -k]
+        np.testing.assert_allclose(out.scores, expected, rtol=1e-6)
+    else:
+        pytest.fail(f"no reduction check for score {name}")
 
 
 def test_unknown_score_name_lists_the_known_ones() -> None:

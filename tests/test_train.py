@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -149,3 +150,82 @@ def test_cli_train_empty_folder_exits_2(tmp_path, capsys) -> None:  # noqa: ANN0
 def test_cli_train_bad_size_exits_2(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
     assert main(["train", str(small_dir), "--out", str(tmp_path / "x"), "--size", "30x30", "--quiet"]) == 2
     assert "divisible by 4" in capsys.readouterr().err
+
+
+CONV = {**FAST, "architecture": "conv", "filters": (8, 16), "code_channels": 2, "loss": "mse+ssim", "flip": True}
+
+
+def test_conv_architecture_with_ssim_loss_and_flips_repeats_with_the_same_seed(small_dir: Path, tmp_path: Path) -> None:
+    a = train_bundle(small_dir, tmp_path / "a", TrainOptions(**CONV))
+    b = train_bundle(small_dir, tmp_path / "b", TrainOptions(**CONV))
+    for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    assert a.meta["calibration"]["scores"] == b.meta["calibration"]["scores"]
+
+
+def test_conv_bundle_records_its_architecture_and_loss(small_dir: Path, tmp_path: Path) -> None:
+    meta = train_bundle(small_dir, tmp_path / "c", TrainOptions(**CONV)).meta
+    arch = meta["architecture"]
+    assert arch["name"] == "conv" and arch["filters"] == [8, 16] and arch["code_channels"] == 2
+    assert arch["loss"] == "mse+ssim" and "latent" not in arch
+    assert meta["training"]["options"]["architecture"] == "conv"
+
+
+def test_architecture_default_filters_follow_the_architecture() -> None:
+    assert TrainOptions().model_filters == (32, 64)
+    assert TrainOptions(architecture="conv").model_filters == (32, 64, 128)
+    assert TrainOptions(architecture="conv", filters=(8, 16)).model_filters == (8, 16)
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ({"architecture": "dense"}, "architecture must be one of seed, conv"),
+    ({"loss": "l1"}, "loss must be one of mse, ssim, mse\\+ssim"),
+    ({"code_channels": 0}, "code_channels must be positive"),
+])
+def test_bad_architecture_options_are_named(option: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainOptions(**{**FAST, **option}).validate()
+
+
+def test_cli_train_takes_architecture_loss_and_code_channels(small_dir, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "conv_cli"
+    assert main(["train", str(small_dir), "--out", str(out), "--size", "16", "--architecture", "conv",
+                 "--filters", "8,16", "--code-channels", "3", "--loss", "ssim", "--flip", "--epochs", "1", "--quiet",
+                 "--no-report"]) == 0
+    meta = load_bundle(out).meta
+    arch = meta["architecture"]
+    assert (arch["name"], arch["code_channels"], arch["loss"]) == ("conv", 3, "ssim")
+    assert meta["training"]["options"]["flip"] is True
+
+
+def test_flip_augmentation_mirrors_about_half_of_each_epoch_and_keeps_the_data() -> None:
+    from monitor.model.train import _flip_batches
+
+    x = np.random.default_rng(0).random((40, 4, 6, 1)).astype(np.float32)
+    original = x.copy()
+    batches = _flip_batches(x, 16, seed=1)
+    seen = np.concatenate([batches[i][0] for i in range(len(batches))])
+    mirrored = sum(any(np.array_equal(b, o[:, ::-1]) for o in original) for b in seen)
+    assert len(seen) == 40 and 10 <= mirrored <= 30
+    np.testing.assert_array_equal(x, original)
+
+
+def test_cli_texture_preset_sets_the_texture_settings_and_flags_override_it(tmp_path) -> None:  # noqa: ANN001
+    from monitor.model.cli import register, training_options
+    from monitor.model.train import TEXTURE_SETTINGS
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    options = training_options(parser.parse_args(["train", "d", "--out", "o", "--preset", "texture",
+                                                   "--epochs", "3"]))
+    assert (options.architecture, options.loss, options.score) == ("conv", "ssim", "smooth_quantile")
+    assert options.score_params == TEXTURE_SETTINGS["score_params"] and options.epochs == 3
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("training:\n  preset: texture\n  code_channels: 4\n")
+    options = training_options(parser.parse_args(["train", "d", "--out", "o", "--config", str(cfg)]))
+    assert (options.architecture, options.code_channels, options.epochs) == ("conv", 4, 80)
+
+
+def test_cli_unknown_preset_exits_2_and_names_the_known_ones(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    assert main(["train", str(small_dir), "--out", str(tmp_path / "x"), "--preset", "glass"]) == 2
+    assert "unknown preset 'glass' (known: texture)" in capsys.readouterr().err

@@ -40,13 +40,20 @@ def _parse_filters(text: str) -> tuple[int, ...]:
     return values
 
 
-# option name -> (flag, type, help); every TrainOptions field a person may set from the command line.
+# option name -> (flag, type or None for a switch, help); every TrainOptions field a person may set from
+# the command line.
 _TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "epochs": ("--epochs", int, "maximum epochs (early stopping may end sooner)"),
     "size": ("--size", _parse_size, "model input HxW, e.g. 64x64 (divisible by 2**len(filters))"),
     "channels": ("--channels", int, "1 (gray) or 3 (BGR colour)"),
-    "filters": ("--filters", _parse_filters, "conv filters per block, e.g. 32,64"),
-    "latent": ("--latent", int, "size of the dense latent code"),
+    "architecture": ("--architecture", str, "seed (the seeds' dense-latent ConvAE, default) or conv (fully "
+                     "convolutional, spatial code: for textures and surfaces)"),
+    "filters": ("--filters", _parse_filters, "conv filters per block, e.g. 32,64 (default: seed 32,64; "
+                "conv 32,64,128)"),
+    "latent": ("--latent", int, "seed architecture: size of the dense latent code"),
+    "code_channels": ("--code-channels", int, "conv architecture: channels of the spatial code"),
+    "loss": ("--loss", str, "training loss: mse (default), ssim or mse+ssim"),
+    "flip": ("--flip", None, "augment with left-right mirrored images (textures, symmetric parts)"),
     "batch_size": ("--batch-size", int, "training batch size"),
     "learning_rate": ("--learning-rate", float, "Adam learning rate"),
     "validation_split": ("--validation-split", float, "share of the images held out for validation"),
@@ -77,14 +84,21 @@ def load_training_section(path: Path) -> dict[str, Any]:
 
 
 def training_options(args: argparse.Namespace) -> Any:
-    """TrainOptions from defaults, then the --config file's training: section, then the flags."""
-    from monitor.model.train import TrainOptions
+    """TrainOptions from defaults, then the preset, then the --config file's training: section, then the flags."""
+    from monitor.model.train import PRESETS, TrainOptions
 
     values: dict[str, Any] = {}
     known = {f.name for f in fields(TrainOptions)}
+    section = load_training_section(args.config) if args.config is not None else {}
+    preset = args.preset if args.preset is not None else section.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        values.update({k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[preset].items()})
     if args.config is not None:
-        section = load_training_section(args.config)
         for key, value in section.items():
+            if key == "preset":
+                continue
             name = str(key).replace("-", "_")
             if name not in known or name == "quiet":
                 raise ValueError(f"{args.config}: training.{key}: unknown key "
@@ -229,8 +243,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of normal images (searched recursively)")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="bundle folder to write")
     p.add_argument("--config", type=Path, metavar="FILE", help="YAML file with a training: section")
+    p.add_argument("--preset", metavar="NAME",
+                   help="named settings under the config file and the flags: texture (fully convolutional AE, "
+                        "SSIM loss, 80 epochs, score smooth_quantile; for textures and surfaces)")
     for name, (flag, typ, help_text) in _TRAIN_FLAGS.items():
-        p.add_argument(flag, dest=name, type=typ, default=None, help=help_text)
+        if typ is None:  # a switch: absent leaves the config file's value (or the default) alone
+            p.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=name, type=typ, default=None, help=help_text)
     p.add_argument("--no-report", action="store_true", help="skip the training report (plots)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_train)

@@ -26,9 +26,10 @@ def format_info(bundle: Bundle) -> str:
     ]
     arch = m.get("architecture")
     if arch:
-        lines.append(f"model       {arch.get('name', '?')} filters={arch.get('filters')} "
-                     f"latent={arch.get('latent')} "
-                     f"parameters={arch.get('parameters')}")
+        code = (f"code_channels={arch['code_channels']}" if "code_channels" in arch
+                else f"latent={arch.get('latent')}")
+        lines.append(f"model       {arch.get('name', '?')} filters={arch.get('filters')} {code} "
+                     f"loss={arch.get('loss', 'mse')} parameters={arch.get('parameters')}")
     tr = m.get("training")
     if tr:
         opts = tr.get("options", {})

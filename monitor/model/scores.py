@@ -53,7 +53,7 @@ def _flat_quantile(maps: tf.Tensor, q: float) -> tf.Tensor:
     return tf.reduce_min(tf.math.top_k(flat, k=k, sorted=False).values, axis=1)
 
 
-def _ssim_error_map(x: tf.Tensor, r: tf.Tensor, sigma: float) -> tf.Tensor:
+def ssim_error_map(x: tf.Tensor, r: tf.Tensor, sigma: float) -> tf.Tensor:
     """1 - SSIM per pixel (Gaussian window), averaged over channels, in [0, 1] (halved)."""
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     n, h, w, c = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
@@ -129,7 +129,7 @@ def _residual_max(sigma: float = 2.0, **_: Any) -> ScoreFunction:
 def _ssim_max(sigma: float = 1.5, smooth: float = 2.0, **_: Any) -> ScoreFunction:
     return ScoreFunction(
         "ssim_max", f"maximum of the smoothed (sigma={smooth} px) 1-SSIM map (window sigma={sigma} px)",
-        lambda x, r: _blur(_ssim_error_map(x, r, sigma), smooth), lambda m: tf.reduce_max(m, axis=[1, 2]),
+        lambda x, r: _blur(ssim_error_map(x, r, sigma), smooth), lambda m: tf.reduce_max(m, axis=[1, 2]),
         {"sigma": sigma, "smooth": smooth})
 
 

@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_VALIDATION_IMAGES = 5
 MIN_TRAINING_IMAGES = 8
+LOSSES: tuple[str, ...] = ("mse", "ssim", "mse+ssim")
+
+
+# Settings for textures and surfaces (the shipped default model's; benchmarks/quality.py, texture protocol):
+# fully convolutional AE, SSIM loss, 80 epochs, 0.99 quantile of the smoothed squared error map. Mirrored
+# copies (flip) scored the same on the validation set and cost half as much time again, so they are off.
+# Same as `monitor train --architecture conv --loss ssim --epochs 80 --score smooth_quantile`.
+TEXTURE_SETTINGS: dict[str, Any] = {"architecture": "conv", "loss": "ssim", "epochs": 80,
+                                    "score": "smooth_quantile", "score_params": {"sigma": 2.0, "q": 0.99}}
+# Named bundles of settings for `monitor train --preset NAME` (or `preset:` in a training: section).
+PRESETS: dict[str, dict[str, Any]] = {"texture": TEXTURE_SETTINGS}
 
 
 class TrainingDataError(Exception):
@@ -36,8 +47,12 @@ class TrainOptions:
 
     size: tuple[int, int] = (64, 64)  # height, width
     channels: int = 1
-    filters: tuple[int, ...] = (32, 64)
-    latent: int = 16
+    architecture: str = "seed"  # "seed" (dense latent, the seeds') or "conv" (spatial code, for textures)
+    filters: tuple[int, ...] | None = None  # None: the architecture's default, (32, 64) or (32, 64, 128)
+    latent: int = 16  # seed: size of the dense latent code
+    code_channels: int = 8  # conv: channels of the spatial code
+    loss: str = "mse"  # "mse" (the seeds'), "ssim" (1 - SSIM, Bergmann et al. 2018) or "mse+ssim"
+    flip: bool = False  # augment: each epoch mirrors a random half of the images left-right (textures)
     epochs: int = 60  # the seeds' 20 leave the model under-trained; early stopping ends sooner
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -55,16 +70,32 @@ class TrainOptions:
     report: bool = True  # write report/ (loss curve, score histogram, reconstructions) into the bundle
     quiet: bool = False
 
+    @property
+    def model_filters(self) -> tuple[int, ...]:
+        """The filters the model is built with: the option, else the architecture's default."""
+        from monitor.model.architecture import DEFAULT_FILTERS
+
+        if self.filters:
+            return tuple(int(f) for f in self.filters)
+        return DEFAULT_FILTERS.get(self.architecture, DEFAULT_FILTERS["seed"])
+
     def validate(self) -> None:
         """Raise ValueError naming the option that is out of range."""
+        from monitor.model.architecture import ARCHITECTURES
+
         h, w = self.size
-        step = 2 ** len(self.filters)
+        filters = self.model_filters
+        step = 2 ** len(filters)
         checks = [
+            (self.architecture in ARCHITECTURES,
+             f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}"),
             (h > 0 and w > 0 and h % step == 0 and w % step == 0,
              f"size {h}x{w} must be positive and divisible by {step} (2 ** number of filters)"),
             (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
-            (len(self.filters) > 0 and all(f > 0 for f in self.filters), "filters must be positive numbers"),
+            (len(filters) > 0 and all(f > 0 for f in filters), "filters must be positive numbers"),
             (self.latent > 0, "latent must be positive"),
+            (self.code_channels > 0, "code_channels must be positive"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (self.epochs > 0, "epochs must be positive"),
             (self.batch_size > 0, "batch_size must be positive"),
             (self.learning_rate > 0, "learning_rate must be positive"),
@@ -195,23 +226,73 @@ def _progress_callback(epochs: int, report: ProgressFn):  # noqa: ANN202 - keras
     return Progress()
 
 
+def reconstruction_loss(name: str) -> Any:
+    """The Keras training loss called `name`: 'mse', 'ssim' (mean 1 - SSIM) or 'mse+ssim'."""
+    import tensorflow as tf
+
+    from monitor.model.scores import ssim_error_map
+
+    if name == "mse":
+        return "mse"
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
+
+    # ssim_error_map is (1 - SSIM) / 2 with an 11x11 Gaussian window (sigma 1.5), as the ssim_max score.
+    def ssim_loss(y_true: Any, y_pred: Any) -> Any:
+        return 2.0 * tf.reduce_mean(ssim_error_map(y_true, y_pred, 1.5), axis=[1, 2])
+
+    def mse_ssim_loss(y_true: Any, y_pred: Any) -> Any:
+        # MSE of [0, 1] images is ~100x smaller than 1 - SSIM; SSIM sets the shape, MSE keeps the brightness.
+        return tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3]) + 0.5 * ssim_loss(y_true, y_pred)
+
+    return ssim_loss if name == "ssim" else mse_ssim_loss
+
+
+def _flip_batches(x: np.ndarray, batch_size: int, seed: int | None) -> Any:
+    """Training batches reshuffled every epoch, a fresh random half of them mirrored left-right."""
+    import keras
+
+    class FlipBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)  # one worker: repeatable with a seed
+            self.rng = np.random.default_rng(seed)
+            self.on_epoch_end()
+
+        def __len__(self) -> int:
+            return math.ceil(len(x) / batch_size)
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            idx = self.order[i * batch_size:(i + 1) * batch_size]
+            batch = x[idx]
+            flip = self.flip[idx]
+            batch[flip] = batch[flip, :, ::-1]  # x[idx] is a copy: the training array stays as it was
+            return batch, batch
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(x))
+            self.flip = self.rng.random(len(x)) < 0.5
+
+    return FlipBatches()
+
+
 def fit_autoencoder(train_x: np.ndarray, val_x: np.ndarray, options: TrainOptions,
                     progress: ProgressFn | None = None) -> tuple[Any, dict[str, list[float]]]:
     """Train the ConvAE on preprocessed arrays; returns the model (best validation weights) and history."""
     import keras
 
-    from monitor.model.architecture import build_autoencoder
+    from monitor.model.architecture import build_model
 
     options.validate()
     _set_seed(options.seed)
     h, w = options.size
-    model = build_autoencoder(h, w, options.channels, options.filters, options.latent)
+    model = build_model(options.architecture, h, w, options.channels, options.model_filters, options.latent,
+                        options.code_channels)
     steps = max(1, math.ceil(len(train_x) / options.batch_size))
     lr: Any = options.learning_rate
     if options.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(options.learning_rate, decay_steps=steps * options.epochs,
                                                     alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="mse")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=reconstruction_loss(options.loss))
     callbacks: list[Any] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience,
                                                           restore_best_weights=True)]
     if options.lr_schedule == "plateau":
@@ -219,8 +300,12 @@ def fit_autoencoder(train_x: np.ndarray, val_x: np.ndarray, options: TrainOption
             monitor="val_loss", factor=0.5, patience=max(2, options.patience // 3), min_lr=1e-5))
     if progress is not None:
         callbacks.append(_progress_callback(options.epochs, progress))
-    hist = model.fit(train_x, train_x, validation_data=(val_x, val_x), epochs=options.epochs,
-                     batch_size=options.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
+    if options.flip:
+        hist = model.fit(_flip_batches(train_x, options.batch_size, options.seed), validation_data=(val_x, val_x),
+                         epochs=options.epochs, callbacks=callbacks, verbose=0)
+    else:
+        hist = model.fit(train_x, train_x, validation_data=(val_x, val_x), epochs=options.epochs,
+                         batch_size=options.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return model, history
 
@@ -239,6 +324,7 @@ def train_arrays(train_x: np.ndarray, val_x: np.ndarray, options: TrainOptions,
     best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else None
     options_json = asdict(options)
     options_json.pop("quiet", None)
+    options_json["filters"] = list(options.model_filters)  # resolved: None would hide the architecture's default
     meta: dict[str, Any] = {
         "format": "anomaly-monitor-bundle",
         "format_version": 1,
@@ -246,9 +332,10 @@ def train_arrays(train_x: np.ndarray, val_x: np.ndarray, options: TrainOptions,
                   "color_order": "gray" if options.channels == 1 else "BGR", "dtype": "float32",
                   "range": [0.0, 1.0]},
         "preprocessing": PREPROCESSING,
-        "architecture": {"name": "conv_autoencoder", "filters": list(options.filters),
-                         "latent": options.latent,
-                         "parameters": int(model.count_params())},
+        "architecture": {"name": options.architecture, "filters": list(options.model_filters),
+                         **({"code_channels": options.code_channels} if options.architecture == "conv"
+                            else {"latent": options.latent}),
+                         "loss": options.loss, "parameters": int(model.count_params())},
         "score": {"name": options.score, "params": dict(options.score_params)},
         "calibration": {"scores": [0.0], "source": "validation images (held out from training)",
                         "count": int(len(val_x))},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import time
@@ -40,12 +41,14 @@ class Quarantine:
         except FileNotFoundError:
             log.info("quarantine skipped, file gone source=%s path=%s reason=%s", source, path, reason)
             return None
+        metrics.FILES_QUARANTINED.labels(source, reason).inc()
         reason_file = target.with_name(target.name + ".reason.txt")
-        reason_file.write_text(
+        tmp = reason_file.with_name("." + reason_file.name + ".tmp")
+        tmp.write_text(
             f"reason: {reason}\nsource: {source}\noriginal: {path}\ntime: {stamp}\ndetail: {detail}\n",
             encoding="utf-8",
         )
-        metrics.FILES_QUARANTINED.labels(source, reason).inc()
+        os.replace(tmp, reason_file)  # whoever sees the reason file sees all of it
         log.warning("file quarantined source=%s path=%s reason=%s detail=%s to=%s",
                     source, path, reason, detail.replace("\n", " "), target)
         return target
