@@ -5,40 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
+from netutil import free_port, port_open, wait_until
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
-    """Poll `predicate` until it is truthy or `timeout` passes; returns whether it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+__all__ = ["free_port", "port_open", "wait_until"]
 
 
 class WebhookServer:
@@ -191,9 +169,11 @@ class Alertmanager:
             except requests.RequestException:
                 return False
 
-        if not wait_until(ready, timeout=20, interval=0.1):
+        try:
+            wait_until(ready, timeout=20, interval=0.1)
+        except TimeoutError:
             self.__exit__()
-            raise RuntimeError(f"alertmanager did not become ready: {self.log.read_text()[-2000:]}")
+            raise RuntimeError(f"alertmanager did not become ready: {self.log.read_text()[-2000:]}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -243,9 +223,11 @@ class Mosquitto:
         self._logfile = self.log.open("wb")
         self._proc = subprocess.Popen([binary, "-c", str(self.config)], stdout=self._logfile,
                                       stderr=subprocess.STDOUT)
-        if not wait_until(lambda: port_open(self.port), timeout=10, interval=0.05):
+        try:
+            wait_until(lambda: port_open(self.port), timeout=10, interval=0.05)
+        except TimeoutError:
             self.__exit__()
-            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
+            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

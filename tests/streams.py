@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -16,6 +15,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from netutil import free_port
+
+__all__ = ["free_port"]
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
@@ -24,13 +26,6 @@ RTSP_SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 # server produced it, so a test can tell a fresh frame from a stale buffered one.
 COUNTER_FILTER = "nullsrc=s={w}x{h}:r={rate},format=gray,geq=lum='mod(N*2\\,256)'"
 TESTSRC_FILTER = "testsrc=size={w}x{h}:rate={rate}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _serving(port: int) -> bool:
