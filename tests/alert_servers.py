@@ -19,6 +19,18 @@ from netutil import free_port, port_open, wait_until
 __all__ = ["free_port", "port_open", "wait_until"]
 
 
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """Terminate a server process, then kill it if it has not exited within 10 s."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class WebhookServer:
     """An HTTP server that records every POST; it answers 503 to the first `fail_first` requests,
     and holds each request `delay_s` seconds before answering (a hung chat server when large)."""
@@ -177,14 +189,8 @@ class Alertmanager:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
-            self._proc = None
+        stop_process(self._proc)
+        self._proc = None
         self._logfile.close()
 
 
@@ -231,14 +237,8 @@ class Mosquitto:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
-            self._proc = None
+        stop_process(self._proc)
+        self._proc = None
         self._logfile.close()
 
 

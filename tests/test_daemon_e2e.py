@@ -199,6 +199,14 @@ def test_a_bad_image_is_quarantined_and_the_daemon_goes_on(delivered, daemon, sa
 
 # --- lifecycle: each test below runs its own daemon ------------------------------------------------
 
+def burst_into_inbox(workdir: Path, n: int, seed: int, prefix: str) -> None:
+    """`n` normal images written aside, then renamed into the inbox as fast as possible."""
+    rng = np.random.default_rng(seed)
+    write_images(workdir / "staging", [normal_image(rng) for _ in range(n)], prefix=prefix)
+    for src in sorted((workdir / "staging").iterdir()):
+        src.rename(workdir / "inbox" / src.name)
+
+
 def test_restart_scores_what_arrived_while_down_and_nothing_twice(tmp_path, tiny_bundle, subprocess_env, samples):
     proc = DaemonProcess(tmp_path, daemon_config(tiny_bundle), subprocess_env)
     inbox = tmp_path / "inbox"
@@ -225,11 +233,8 @@ def test_sigterm_finishes_queued_images_and_exits_zero(tmp_path, tiny_bundle, su
     config = daemon_config(tiny_bundle, batching={"max_batch": 4, "max_wait_ms": 20, "queue_size": 8})
     proc = DaemonProcess(tmp_path, config, subprocess_env)
     proc.start()
-    rng = np.random.default_rng(5)
-    write_images(tmp_path / "staging", [normal_image(rng) for _ in range(40)], prefix="burst")
     try:
-        for src in sorted((tmp_path / "staging").iterdir()):
-            src.rename(tmp_path / "inbox" / src.name)
+        burst_into_inbox(tmp_path, 40, seed=5, prefix="burst")
         wait_until(lambda: len(proc.verdicts()) >= 1, timeout=30, interval=0.01)
         start = time.monotonic()
         rc = proc.terminate(signal.SIGTERM)
@@ -252,11 +257,8 @@ def test_sigterm_finishes_queued_images_and_exits_zero(tmp_path, tiny_bundle, su
 def test_sigkill_loses_no_verdict(tmp_path, tiny_bundle, subprocess_env):
     proc = DaemonProcess(tmp_path, daemon_config(tiny_bundle), subprocess_env)
     proc.start()
-    rng = np.random.default_rng(6)
-    write_images(tmp_path / "staging", [normal_image(rng) for _ in range(30)], prefix="k")
     try:
-        for src in sorted((tmp_path / "staging").iterdir()):
-            src.rename(tmp_path / "inbox" / src.name)
+        burst_into_inbox(tmp_path, 30, seed=6, prefix="k")
         wait_until(lambda: len(proc.verdicts()) >= 1, timeout=30, interval=0.01)
         proc.kill()
         proc.start()
