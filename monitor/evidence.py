@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
 from collections import deque
@@ -12,6 +10,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from monitor.files import atomic_write, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,6 @@ def render_evidence(
     return np.vstack([header, body])
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
 class EvidenceStore:
     """Writes evidence PNGs into one folder and removes the oldest beyond a count or byte limit."""
 
@@ -85,14 +82,12 @@ class EvidenceStore:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(frame_time)) + f"{frame_time % 1:.3f}"[1:]
         with self._lock:
             self._counter += 1
-            name = f"{stamp}Z_{_UNSAFE.sub('_', source)}_{_UNSAFE.sub('_', stem)[:80]}_{self._counter}.png"
+            name = f"{stamp}Z_{safe_name(source)}_{safe_name(stem)[:80]}_{self._counter}.png"
             path = self.folder / name
             ok, buf = cv2.imencode(".png", image)
             if not ok:
                 raise OSError(f"could not encode evidence image {name}")
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(buf.tobytes())
-            os.replace(tmp, path)
+            atomic_write(path, buf.tobytes())
             self._files.append((path, len(buf)))
             self._bytes += len(buf)
             self._enforce()

@@ -8,6 +8,8 @@ import os
 import threading
 from pathlib import Path
 
+from monitor.files import LineFile
+
 log = logging.getLogger(__name__)
 
 
@@ -19,27 +21,22 @@ class Journal:
         self.max_bytes = max_bytes
         self.backups = backups
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the daemon's life
+        self._file = LineFile(self.path)
 
     def append(self, record: dict) -> None:
         """Write one line and flush it to the OS (a crash of this process loses nothing written)."""
         line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
         with self._lock:
-            if self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
+            if self._file.size + len(line) > self.max_bytes and self._file.size > 0:
                 self._rotate()
             self._file.write(line)
-            self._file.flush()
 
     def sync(self) -> None:
         """fsync: what was appended survives a power cut too. Called once per batch, not per line."""
         with self._lock:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file.sync()
 
     def _rotate(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
         if self.backups > 0:
             for i in range(self.backups - 1, 0, -1):
@@ -50,14 +47,11 @@ class Journal:
         else:
             self.path.unlink()
         log.info("journal rotated path=%s", self.path)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file.reopen()
 
     def close(self) -> None:
         with self._lock:
-            if not self._file.closed:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
+            self._file.close()
 
 
 def read_journal(path: Path) -> list[dict]:

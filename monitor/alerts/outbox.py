@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from monitor.alerts.events import Alert
+from monitor.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 EXPIRED = "expired"
 CORRUPT = "corrupt"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -49,16 +41,7 @@ class Outbox:
         folder = self.folder(alert.sink)
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / self.filename(alert)
-        tmp = folder / f".{final.name}.tmp"
-        data = json.dumps(alert.to_json(), sort_keys=True).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
+        atomic_write(final, json.dumps(alert.to_json(), sort_keys=True).encode(), durable=True, mode=0o600)
         return final
 
     def remove(self, alert: Alert) -> None:

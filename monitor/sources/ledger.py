@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from monitor.files import LineFile, atomic_write
+
 log = logging.getLogger(__name__)
 
 FileKey = tuple[str, int, int]  # path relative to the folder, size, mtime in ns
+
+
+def _line(key: FileKey) -> str:
+    return json.dumps({"p": key[0], "s": key[1], "m": key[2]}) + "\n"
 
 
 class Ledger:
@@ -34,7 +39,7 @@ class Ledger:
                     except (ValueError, KeyError, TypeError):
                         # A line cut by a crash mid-write: that one file may be scored again; nothing lost.
                         log.warning("ledger line skipped path=%s line=%d", self.path, lineno)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the daemon's life
+        self._file = LineFile(self.path)
 
     def __contains__(self, key: FileKey) -> bool:
         with self._lock:
@@ -47,13 +52,11 @@ class Ledger:
         """Record a scored file version (flushed to the OS at once)."""
         with self._lock:
             self._keys.add(key)
-            self._file.write(json.dumps({"p": key[0], "s": key[1], "m": key[2]}) + "\n")
-            self._file.flush()
+            self._file.write(_line(key))
 
     def sync(self) -> None:
         with self._lock:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file.sync()
 
     def compact(self, existing: Iterable[FileKey]) -> None:
         """Keep only entries of file versions still present, so the ledger never outgrows the folder."""
@@ -62,22 +65,13 @@ class Ledger:
             keep = self._keys & present
             if len(keep) == len(self._keys):
                 return
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for p, s, m in sorted(keep):
-                    f.write(json.dumps({"p": p, "s": s, "m": m}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
             self._file.close()
-            os.replace(tmp, self.path)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            atomic_write(self.path, "".join(_line(k) for k in sorted(keep)).encode(), durable=True)
+            self._file.reopen()
             log.info("ledger compacted path=%s kept=%d dropped=%d", self.path, len(keep),
                      len(self._keys) - len(keep))
             self._keys = keep
 
     def close(self) -> None:
         with self._lock:
-            if not self._file.closed:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
+            self._file.close()

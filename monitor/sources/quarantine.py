@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 import shutil
 import time
 from pathlib import Path
 
 from monitor import metrics
+from monitor.files import atomic_write, safe_name
 
 log = logging.getLogger(__name__)
 
 # Bounded label values for anomaly_monitor_files_quarantined_total{reason=...}.
 REASONS = ("empty", "too_large", "truncated", "undecodable", "unreadable")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class Quarantine:
@@ -28,14 +26,14 @@ class Quarantine:
         """Quarantine `path`; returns where it went (None when it vanished meanwhile)."""
         if reason not in REASONS:
             raise ValueError(f"unknown quarantine reason {reason!r}")
-        target_dir = self.folder / _UNSAFE.sub("_", source)
+        target_dir = self.folder / safe_name(source)
         target_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = target_dir / f"{stamp}_{_UNSAFE.sub('_', path.name)}"
+        target = target_dir / f"{stamp}_{safe_name(path.name)}"
         n = 1
         while target.exists():
             n += 1
-            target = target_dir / f"{stamp}_{n}_{_UNSAFE.sub('_', path.name)}"
+            target = target_dir / f"{stamp}_{n}_{safe_name(path.name)}"
         try:
             shutil.move(str(path), target)
         except FileNotFoundError:
@@ -43,12 +41,8 @@ class Quarantine:
             return None
         metrics.FILES_QUARANTINED.labels(source, reason).inc()
         reason_file = target.with_name(target.name + ".reason.txt")
-        tmp = reason_file.with_name("." + reason_file.name + ".tmp")
-        tmp.write_text(
-            f"reason: {reason}\nsource: {source}\noriginal: {path}\ntime: {stamp}\ndetail: {detail}\n",
-            encoding="utf-8",
-        )
-        os.replace(tmp, reason_file)  # whoever sees the reason file sees all of it
+        text = f"reason: {reason}\nsource: {source}\noriginal: {path}\ntime: {stamp}\ndetail: {detail}\n"
+        atomic_write(reason_file, text.encode())  # whoever sees the reason file sees all of it
         log.warning("file quarantined source=%s path=%s reason=%s detail=%s to=%s",
                     source, path, reason, detail.replace("\n", " "), target)
         return target
