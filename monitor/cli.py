@@ -45,10 +45,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (BundleError, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        log.exception("daemon failed")
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:  # noqa: BLE001 - exit code 1 with the reason, not a bare traceback
         log.exception("daemon failed")
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -224,7 +224,6 @@ class Daemon:
             self.journal.append(verdict.to_json())
             verdicts.append((frame, verdict))
         self.journal.sync()  # verdicts are durable before the ledger says "done" and before any alert
-        now = time.monotonic()
         for frame, verdict in verdicts:
             source = frame.source
             if frame.path is not None:
@@ -233,9 +232,8 @@ class Daemon:
             metrics.IMAGES_SCORED.labels(source, outcome).inc()
             metrics.SCORE.labels(source).observe(verdict.score)
             metrics.THRESHOLD.labels(source).set(self.thresholds[source].value)
-            metrics.END_TO_END_SECONDS.labels(source).observe(
-                max(0.0, now - frame.enqueued) if frame.path is None
-                else max(0.0, time.time() - frame.frame_time))
+            # The journal's `time - frame_time`: file arrival or frame capture to verdict.
+            metrics.END_TO_END_SECONDS.labels(source).observe(max(0.0, verdict.scored_at - frame.frame_time))
             if verdict.anomaly:
                 metrics.ANOMALIES.labels(source).inc()
                 log.warning("anomaly source=%s path=%s score=%.6g threshold=%.6g evidence=%s", source,
