@@ -183,9 +183,13 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _camera_is_file(camera: int | str) -> bool:
-    return (isinstance(camera, str) and "://" not in camera and not camera.startswith("/dev/")
-            and not camera.strip().isdigit())  # camera: "0" is USB camera 0, not a file named 0
+def camera_kind(camera: int | str) -> str:
+    """'device' (USB index, /dev/videoN), 'stream' (any URL) or 'file' (a video file to replay)."""
+    if isinstance(camera, int) or camera.strip().isdigit() or camera.startswith("/dev/"):
+        return "device"  # camera: "0" is USB camera 0, not a file named 0
+    if "://" in camera:
+        return "stream"
+    return "file"
 
 
 def parse_config(data: Any, path: Path) -> Config:
@@ -212,7 +216,7 @@ def parse_config(data: Any, path: Path) -> Config:
     for source in config.sources:
         if isinstance(source, FolderSourceConfig):
             source.folder = _resolve(base, source.folder)
-        elif _camera_is_file(source.camera):
+        elif camera_kind(source.camera) == "file":
             source.camera = str(_resolve(base, Path(str(source.camera))))
     config.alerts.resolve_paths(base)
     return config

@@ -107,7 +107,6 @@ class Daemon:
             from monitor.sources.camera import CameraSource
 
             for src in cfg.camera_sources:
-                metrics.SOURCE_UP.labels(src.name).set(0)
                 camera = CameraSource(src, self.queue, self.on_event)
                 self.cameras.append(camera)
                 camera.start()

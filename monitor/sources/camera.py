@@ -23,7 +23,7 @@ import numpy as np
 
 from monitor import metrics
 from monitor.batching import FrameQueue, QueueClosed
-from monitor.config import CameraSourceConfig
+from monitor.config import CameraSourceConfig, camera_kind
 from monitor.records import Frame, SourceEvent
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,6 @@ _FFMPEG_ENV_LOCK = threading.Lock()
 _BUFFERED_GRAB_S = 0.002
 _FILE_FPS_FALLBACK = 25.0
 _WAIT_SLICE_S = 0.25
-
-
-def camera_kind(camera: int | str) -> str:
-    """'device' (USB index, /dev/videoN), 'stream' (any URL) or 'file' (a video file to replay)."""
-    if isinstance(camera, int) or (isinstance(camera, str) and camera.strip().isdigit()):
-        return "device"
-    if camera.startswith("/dev/"):
-        return "device"
-    if "://" in camera:
-        return "stream"
-    return "file"
 
 
 def redact(camera: int | str) -> str:
