@@ -40,7 +40,7 @@ def tiny_bundle(workdir: Path) -> Path:
     """Train a 32x32 bundle on synthetic normal parts (the test suite's recipe)."""
     from imagegen import normal_image, write_images
 
-    from monitor.model.train import TrainOptions, train_bundle
+    from monitor.training.train import TrainOptions, train_bundle
 
     rng = np.random.default_rng(0)
     data = workdir / "normal"

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from monitor.model.metrics import auroc, average_precision, best_f1, detection_at  # noqa: E402
-from monitor.model.train import TEXTURE_SETTINGS  # noqa: E402
+from monitor.training.options import TEXTURE_SETTINGS  # noqa: E402
+from monitor.training.quality import auroc, average_precision, best_f1, detection_at  # noqa: E402
 
 SEED = 20240601
 TEXTURE_SIZE = 64
@@ -147,7 +147,7 @@ def seed_method(p: Protocol, seed: int = SEED) -> Result:
     0.999 quantile of the training scores."""
     import keras
 
-    from monitor.model.architecture import build_autoencoder
+    from monitor.training.architecture import build_autoencoder
 
     start = time.monotonic()
     keras.utils.set_random_seed(seed)
@@ -182,7 +182,7 @@ def pca_method(p: Protocol, variance: float = 0.95) -> Result:
     return Result(f"PCA ({k} components)", err(xs), threshold, time.monotonic() - start)
 
 
-# The texture settings are monitor.model.train.TEXTURE_SETTINGS (also the shipped default model's). They were
+# The texture settings are monitor.training.options.TEXTURE_SETTINGS (also the shipped default model's). They were
 # chosen on the validation split of the training crops plus defects drawn with VALIDATION_SEED (see
 # texture_validation), never on the test crops.
 VALIDATION_SEED = 12345
@@ -214,11 +214,11 @@ def ours(p: Protocol, seed: int = SEED, settings: dict | None = None,
 
     With settings, also the validation figures (validation normals vs texture_validation's defects)."""
     from monitor.model.scorer import BatchScorer
-    from monitor.model.train import TrainOptions, split_validation, train_arrays
+    from monitor.training.train import TrainOptions, split_validation, train_arrays
 
     start = time.monotonic()
-    options = replace(TrainOptions(), size=(p.size, p.size), channels=1, seed=seed, quiet=True, report=False,
-                      **(settings or {}))
+    options = TrainOptions(**{"size": (p.size, p.size), "channels": 1, "seed": seed, "quiet": True, "report": False,
+                              **(settings or {})})
     x = _x(p.train)
     tr, va = split_validation(len(x), options.validation_split, np.random.default_rng(seed))
     bundle, _ = train_arrays(x[tr], x[va], options)

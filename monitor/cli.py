@@ -46,7 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - exit code 1 with the reason, not a bare traceback
-        log.exception("daemon failed")
+        log.exception("daemon_failed")
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_test_alert)
 
-    from monitor.model.cli import register
+    from monitor.training.cli import register
 
     register(sub)
     return parser

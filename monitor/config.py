@@ -8,8 +8,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -19,22 +17,18 @@ from pydantic import (
 )
 
 from monitor.alerts.config import SINK_TYPES, AlertsConfig
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from monitor.images import IMAGE_EXTENSIONS
+from monitor.schema import Name, StrictModel, key_path
 
 
 class ConfigError(Exception):
     """A config that cannot be used; the message names the file and the key."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class FolderSourceConfig(_Strict):
+class FolderSourceConfig(StrictModel):
     """A watched folder: files created or moved into it are scored once."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: Name
     folder: Path
     recursive: bool = True
     extensions: list[str] = list(IMAGE_EXTENSIONS)
@@ -52,10 +46,10 @@ class FolderSourceConfig(_Strict):
         return [e.lower() if e.startswith(".") else "." + e.lower() for e in value]
 
 
-class CameraSourceConfig(_Strict):
+class CameraSourceConfig(StrictModel):
     """A live camera: USB index or device, rtsp://, http:// MJPEG, or a video file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: Name
     camera: int | str
     fps: float = Field(default=2.0, gt=0, le=120)
     roi: tuple[int, int, int, int] | None = None  # x, y, width, height in pixels
@@ -94,7 +88,7 @@ SourceConfig = Annotated[
 ]
 
 
-class ThresholdConfig(_Strict):
+class ThresholdConfig(StrictModel):
     """Rolling quantile of the recent normal scores of each source, or a fixed value."""
 
     quantile: float | None = Field(default=None, gt=0, lt=1)  # None: the bundle's quantile
@@ -110,13 +104,13 @@ class ThresholdConfig(_Strict):
         return self
 
 
-class BatchingConfig(_Strict):
+class BatchingConfig(StrictModel):
     max_batch: int = Field(default=32, ge=1, le=1024)
     max_wait_ms: float = Field(default=20, ge=0, le=60_000)
     queue_size: int = Field(default=256, ge=1, le=1_000_000)
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     journal: Path = Path("var/journal.jsonl")
     journal_max_bytes: int = Field(default=64 * 2**20, ge=4096)
     journal_backups: int = Field(default=10, ge=0)
@@ -127,17 +121,17 @@ class OutputConfig(_Strict):
     state: Path = Path("var/state")  # ledger of scored files, alert outbox
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(StrictModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
 
-class Config(_Strict):
+class Config(StrictModel):
     """The whole daemon config; relative paths are resolved against the config file's folder."""
 
     model: Path = Path("models/default")
@@ -164,18 +158,6 @@ class Config(_Strict):
     @property
     def camera_sources(self) -> list[CameraSourceConfig]:
         return [s for s in self.sources if isinstance(s, CameraSourceConfig)]
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in ("folder", "camera", *SINK_TYPES) and parts and parts[-1].endswith("]"):
-            continue  # the discriminator tag pydantic puts in the location, not a key of the file
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(top level)"
 
 
 def _resolve(base: Path, path: Path) -> Path:
@@ -206,7 +188,7 @@ def parse_config(data: Any, path: Path) -> Config:
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            lines.append(f"{path}: {_key_path(err['loc'])}: {msg}")
+            lines.append(f"{path}: {key_path(err['loc'], ('folder', 'camera', *SINK_TYPES)) or '(top level)'}: {msg}")
         raise ConfigError("\n".join(lines)) from None
     base = path.resolve().parent
     config.model = _resolve(base, config.model)

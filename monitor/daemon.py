@@ -15,13 +15,13 @@ from monitor import metrics, systemd
 from monitor.batching import FrameQueue
 from monitor.config import Config
 from monitor.evidence import EvidenceStore, render_evidence
-from monitor.journal import Journal, read_journal_tail
+from monitor.journal import Journal
 from monitor.model.bundle import Bundle
 from monitor.model.scorer import BatchScorer, ScoredBatch
 from monitor.records import Frame, SourceEvent, Verdict
-from monitor.sources.folder import FolderSource
-from monitor.sources.ledger import Ledger
 from monitor.sources.quarantine import Quarantine
+from monitor.sources.supervisor import SourceContext, SourceSupervisor
+from monitor.threads import StoppableThread
 from monitor.threshold import Threshold
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,13 @@ class Daemon:
         self.evidence = EvidenceStore(out.evidence, out.evidence_max_files, out.evidence_max_bytes)
         self.quarantine = Quarantine(out.quarantine)
         self.scorer = BatchScorer(bundle, config.batching.max_batch)
-        self.folders: dict[str, FolderSource] = {}
-        self.cameras: list[Any] = []
+        context = SourceContext(queue=self.queue, quarantine=self.quarantine, state=out.state,
+                                journal=out.journal, on_event=self.on_event)
+        self.sources = SourceSupervisor.from_config(config, context)
         self.alerts: Any = None
         self._stop = threading.Event()
         self._scorer_alive = time.monotonic()
-        self._thread = threading.Thread(target=self._score_loop, name="scorer", daemon=True)
+        self._scorer = StoppableThread("scorer", self._score_loop)
         self.metrics_port: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ class Daemon:
             metrics.THRESHOLD.labels(name).set(threshold.value)
         if cfg.metrics.enabled:
             self.metrics_port = metrics.serve(cfg.metrics.host, cfg.metrics.port)
-            log.info("metrics serving host=%s port=%d", cfg.metrics.host, self.metrics_port)
+            log.info("metrics_serving host=%s port=%d", cfg.metrics.host, self.metrics_port)
         if cfg.alerts.sinks:
             from monitor.alerts.dispatcher import AlertDispatcher
 
@@ -95,24 +96,11 @@ class Daemon:
         # Trace the compiled forward pass now, so the first real image is not the one that waits for it.
         b = self.bundle
         self.scorer.score_inputs(np.zeros((1, b.height, b.width, b.channels), np.float32))
-        self._thread.start()
-        recent = read_journal_tail(cfg.output.journal) if cfg.folder_sources else []
-        for src in cfg.folder_sources:
-            ledger = Ledger(cfg.output.state / f"ledger-{src.name}.jsonl")
-            folder = FolderSource(src, self.queue, ledger, self.quarantine)
-            folder.reconcile(recent)
-            self.folders[src.name] = folder
-            folder.start()
-        if cfg.camera_sources:
-            from monitor.sources.camera import CameraSource
-
-            for src in cfg.camera_sources:
-                camera = CameraSource(src, self.queue, self.on_event)
-                self.cameras.append(camera)
-                camera.start()
+        self._scorer.start()
+        self.sources.start()
         self.on_event(SourceEvent("daemon", "daemon_start", time.time(), self.bundle.describe()))
-        log.info("daemon started sources=%d folders=%d cameras=%d", len(cfg.sources), len(self.folders),
-                 len(self.cameras))
+        log.info("daemon_started sources=%d folders=%d cameras=%d", len(self.sources), len(cfg.folder_sources),
+                 len(cfg.camera_sources))
 
     def stop(self) -> None:
         """Stop accepting frames; the scorer finishes what is queued. Safe to call from a signal handler."""
@@ -121,7 +109,7 @@ class Daemon:
     def wait(self) -> int:
         """Block until stop() is called, then drain the queue and close everything; returns the exit code.
 
-        A dead scorer or folder thread ends the daemon with exit code 1, so that systemd restarts it.
+        A dead scorer or source thread ends the daemon with exit code 1, so that systemd restarts it.
         """
         code = 0
         interval = systemd.watchdog_interval()
@@ -133,9 +121,9 @@ class Daemon:
                 if now - self._scorer_alive < 2 * interval:
                     systemd.notify("WATCHDOG=1")
                 next_ping = now + interval
-            dead = [name for name, folder in self.folders.items() if not folder.alive]
-            if not self._thread.is_alive() or dead:
-                log.error("thread died, stopping scorer_alive=%s dead_folders=%s", self._thread.is_alive(), dead)
+            dead = self.sources.dead()
+            if not self._scorer.alive or dead:
+                log.error("thread_died scorer_alive=%s dead_sources=%s", self._scorer.alive, ",".join(dead))
                 code = 1
                 break
         self.shutdown()
@@ -144,50 +132,45 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop the sources, drain the queue, flush the journal and the ledgers."""
         systemd.notify("STOPPING=1")
-        log.info("daemon stopping queued=%d", len(self.queue))
-        for source in [*self.folders.values(), *self.cameras]:
-            source.stop()
+        log.info("daemon_stopping queued=%d", len(self.queue))
+        self.sources.stop()
         self.queue.close()
-        # A camera blocked in an open or a read returns within its read timeout.
-        join_s = max([JOIN_TIMEOUT_S, *(1.5 * c.read_timeout_s for c in self.config.camera_sources)])
-        deadline = time.monotonic() + join_s
-        for source in [*self.folders.values(), *self.cameras]:
-            source.join(max(0.1, deadline - time.monotonic()))
+        self.sources.join()  # a camera blocked in an open or a read returns within its read timeout
         self._stop.set()
-        self._thread.join(JOIN_TIMEOUT_S * 2)
-        if self._thread.is_alive():
-            log.error("scorer did not finish in time queued=%d", len(self.queue))
+        self._scorer.stop()
+        if not self._scorer.join(JOIN_TIMEOUT_S * 2):
+            log.error("scorer_join_timeout queued=%d", len(self.queue))
         self.on_event(SourceEvent("daemon", "daemon_stop", time.time()))
         if self.alerts is not None:
             self.alerts.stop(JOIN_TIMEOUT_S)
         self.journal.close()
-        for folder in self.folders.values():
-            folder.ledger.close()
-        log.info("daemon stopped")
+        self.sources.close()
+        log.info("daemon_stopped")
 
     # --- events and verdicts ----------------------------------------------------------------------
     def on_event(self, event: SourceEvent) -> None:
         """A source or daemon event: journal first, then the alert sinks."""
         self.journal.append(event.to_json())
-        log.info("event kind=%s source=%s detail=%s", event.kind, event.source, event.detail)
+        log.info("event kind=%s source=%s detail=%r", event.kind, event.source, event.detail)
         if self.alerts is not None:
             self.alerts.notify_event(event)
 
-    def _score_loop(self) -> None:
+    def _score_loop(self, stop: threading.Event) -> None:
+        # Runs until stopped AND drained: `stop` alone must not drop what the queue still holds.
         max_batch = self.config.batching.max_batch
         max_wait = self.config.batching.max_wait_ms / 1000
         while True:
             self._scorer_alive = time.monotonic()
             frames = self.queue.collect(max_batch, max_wait)
             if not frames:
-                if self._stop.is_set() and self.queue.closed:
+                if stop.is_set() and self.queue.closed:
                     return
                 continue
             try:
                 self._process(frames)
             except Exception:  # noqa: BLE001 - the scorer must outlive any one batch
                 metrics.ERRORS.labels("score").inc()
-                log.exception("batch failed size=%d", len(frames))
+                log.exception("batch_failed size=%d", len(frames))
 
     def _score_frames(self, frames: list[Frame]) -> list[tuple[Frame, ScoredBatch, int]]:
         """Score a batch; if it fails, score one by one so a single bad frame costs only itself."""
@@ -198,17 +181,17 @@ class Daemon:
             metrics.BATCH_SIZE.observe(len(frames))
             return [(f, scored, i) for i, f in enumerate(frames)]
         except Exception:  # noqa: BLE001
-            log.exception("batch scoring failed, retrying one by one size=%d", len(frames))
+            log.exception("batch_scoring_failed retry=one_by_one size=%d", len(frames))
         results = []
         for frame in frames:
             try:
                 results.append((frame, self.scorer.score([frame.image]), 0))
             except Exception as exc:  # noqa: BLE001
                 metrics.ERRORS.labels("score").inc()
-                log.error("frame scoring failed source=%s path=%s error=%s", frame.source, frame.path, exc)
+                log.error("frame_scoring_failed source=%s path=%s error=%s", frame.source, frame.path, exc)
                 if frame.path is not None:
                     self.quarantine.put(frame.source, frame.path, "undecodable", f"scoring failed: {exc}")
-                    self.folders[frame.source].mark_scored(frame.path)
+                self.sources.acknowledge(frame)
         return results
 
     def _process(self, frames: list[Frame]) -> None:
@@ -225,8 +208,7 @@ class Daemon:
         self.journal.sync()  # verdicts are durable before the ledger says "done" and before any alert
         for frame, verdict in verdicts:
             source = frame.source
-            if frame.path is not None:
-                self.folders[source].mark_scored(frame.path)
+            self.sources.acknowledge(frame)
             outcome = "anomaly" if verdict.anomaly else "normal"
             metrics.IMAGES_SCORED.labels(source, outcome).inc()
             metrics.SCORE.labels(source).observe(verdict.score)
@@ -253,7 +235,7 @@ class Daemon:
             return self.evidence.save(image, frame.source, frame.frame_time, stem)
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop verdicts
             metrics.ERRORS.labels("evidence").inc()
-            log.error("evidence failed source=%s path=%s error=%s", frame.source, frame.path, exc)
+            log.error("evidence_failed source=%s path=%s error=%s", frame.source, frame.path, exc)
             return None
 
 
@@ -262,7 +244,7 @@ def run(config: Config, bundle: Bundle) -> int:
     daemon = Daemon(config, bundle)
 
     def _on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal received signal=%s", signal.Signals(signum).name)
+        log.info("signal_received signal=%s", signal.Signals(signum).name)
         daemon.stop()
 
     signal.signal(signal.SIGTERM, _on_signal)

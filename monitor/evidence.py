@@ -102,4 +102,4 @@ class EvidenceStore:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("evidence removal failed path=%s error=%s", old, exc)
+                log.warning("evidence_removal_failed path=%s error=%s", old, exc)

@@ -46,7 +46,7 @@ class Journal:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
-        log.info("journal rotated path=%s", self.path)
+        log.info("journal_rotated path=%s", self.path)
         self._file.reopen()
 
     def close(self) -> None:

@@ -5,8 +5,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+
+
+class FileKey(NamedTuple):
+    """One version of a folder file: a camera PC that overwrites `latest.png` makes a new version."""
+
+    name: str  # path relative to the watched folder, POSIX separators
+    size: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -17,7 +26,7 @@ class Frame:
     image: np.ndarray  # uint8 or uint16, HxW or HxWxC (BGR/BGRA as OpenCV decodes it)
     frame_time: float  # wall-clock seconds: when the file arrived or the camera captured the frame
     path: Path | None = None  # set for folder files, None for camera frames
-    file_key: tuple[str, int, int] | None = None  # folder files: (path in the folder, size, mtime_ns)
+    file_key: FileKey | None = None  # folder files only
     enqueued: float = field(default_factory=time.monotonic)  # monotonic, for max-wait and latency
 
     @property
@@ -37,7 +46,7 @@ class Verdict:
     anomaly: bool
     path: Path | None = None
     evidence: Path | None = None
-    file_key: tuple[str, int, int] | None = None
+    file_key: FileKey | None = None
 
     def to_json(self) -> dict:
         """The journal's line for this verdict (see README, 'Journal')."""
@@ -53,7 +62,7 @@ class Verdict:
         }
         if self.file_key is not None:
             # The scored file version: a restart after a crash re-derives the ledger from these.
-            record["file"] = {"name": self.file_key[0], "size": self.file_key[1], "mtime_ns": self.file_key[2]}
+            record["file"] = self.file_key._asdict()
         return record
 
 

@@ -22,7 +22,7 @@ def notify(state: str) -> bool:
             sock.sendall(state.encode())
         return True
     except OSError as exc:
-        log.warning("systemd notify failed state=%s error=%s", state.split("\n")[0], exc)
+        log.warning("systemd_notify_failed state=%s error=%s", state.split("\n")[0], exc)
         return False
 
 

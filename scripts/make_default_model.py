@@ -1,7 +1,7 @@
 """Build the shipped default model bundle offline from a texture that ships inside scikit-image.
 
 Normal parts: 600 random 64x64 crops of `skimage.data.brick()` (a 512x512 grayscale photo of a brick
-wall), fixed seed; the texture settings (monitor.model.train.TEXTURE_SETTINGS: fully convolutional autoencoder,
+wall), fixed seed; the texture settings (monitor.training.options.TEXTURE_SETTINGS: fully convolutional autoencoder,
 SSIM loss, 80 epochs, score smooth_quantile). Everything else is `monitor train`'s defaults.
 Takes about three minutes on 2 CPU cores; the bundle is about 3 MB.
 Run with `make model` (or `python scripts/make_default_model.py --out DIR`).
@@ -13,7 +13,6 @@ import argparse
 import logging
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -21,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor.model.train import TEXTURE_SETTINGS, TrainOptions, train_bundle  # noqa: E402
+from monitor.training.options import TEXTURE_SETTINGS, TrainOptions  # noqa: E402
+from monitor.training.train import train_bundle  # noqa: E402
 
 SEED = 7
 CROPS = 600
@@ -46,8 +46,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     # The texture settings: on the texture protocol they beat the seeds' method and PCA (benchmarks/quality.py).
-    options = replace(TrainOptions(), size=(SIZE, SIZE), channels=1, seed=SEED, quiet=args.quiet,
-                      **TEXTURE_SETTINGS)
+    options = TrainOptions(size=(SIZE, SIZE), channels=1, seed=SEED, quiet=args.quiet, **TEXTURE_SETTINGS)
     with tempfile.TemporaryDirectory(prefix="brick-crops-") as tmp:
         for i, crop in enumerate(brick_crops()):
             cv2.imwrite(str(Path(tmp) / f"brick_{i:04d}.png"), crop)

@@ -29,7 +29,7 @@ def normal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, normal_dir: Path) -> Path:
     """A model bundle trained in seconds on `normal_dir`; shared by every test that scores."""
-    from monitor.model.train import TrainOptions, train_bundle
+    from monitor.training.train import TrainOptions, train_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     train_bundle(normal_dir, out, TrainOptions(size=(TINY_SIZE, TINY_SIZE), channels=1, epochs=15,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from monitor.config import ConfigError, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
 
 FULL = """
 sources: [{name: line1, folder: inbox}]
@@ -75,3 +79,39 @@ def test_sink_names_must_be_unique(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sink names must be unique, repeated: w"):
         _parse("sources: [{name: a, folder: in}]\nalerts: {sinks: [{type: command, name: w, argv: [x]}, "
                "{type: command, name: w, argv: [y]}]}", tmp_path)
+
+
+def test_every_sink_type_in_the_table_is_its_config_class_type(tmp_path: Path) -> None:
+    from typing import get_args
+
+    from monitor.alerts.config import SINK_TYPES, SINKS
+
+    assert tuple(SINKS) == SINK_TYPES
+    for name, entry in SINKS.items():
+        assert get_args(entry.config.model_fields["type"].annotation) == (name,)
+
+
+def test_build_sink_makes_the_implementation_the_table_names(tmp_path: Path) -> None:
+    from monitor.alerts.base import Sink, build_sink
+    from monitor.alerts.config import SINKS
+
+    for sink_config in _parse(FULL, tmp_path).alerts.sinks:
+        sink = build_sink(sink_config)
+        assert isinstance(sink, Sink) and sink.config is sink_config
+        assert f"{type(sink).__module__}:{type(sink).__name__}" == SINKS[sink_config.type].impl
+
+
+def test_check_config_imports_no_sink_implementation(tmp_path: Path, subprocess_env: dict) -> None:
+    """paho and apprise take long to import: validating a config must not need them."""
+    path = tmp_path / "config.yaml"
+    path.write_text(FULL)
+    # What `monitor check-config` runs: the CLI module, then load_config (the model commands aside).
+    script = ("import sys, monitor.cli, monitor.config; config = monitor.config.load_config(sys.argv[1]); "
+              "assert {s.type for s in config.alerts.sinks} >= {'mqtt', 'apprise'}; "
+              "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('paho', 'apprise') "
+              "or m in ('monitor.alerts.mqtt', 'monitor.alerts.apprise_sink')); "
+              "print('imported:', heavy)")
+    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                         env=subprocess_env, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "imported: []" in res.stdout

@@ -225,3 +225,14 @@ def test_delivery_latency_is_observed_per_sink(tmp_path: Path) -> None:
         assert wait_until(lambda: len(server.received()) == 1)
         d.stop()
     assert metric("alert_delivery_seconds_count", "d-latency") == 1
+
+
+def test_alerts_queued_before_start_are_sent_once(tmp_path: Path) -> None:
+    with WebhookServer() as server:
+        d = AlertDispatcher(alerts_config([_webhook("d-early", server.url)]), tmp_path / "o")
+        d.notify_verdict(anomaly("line1", 0))  # on disk and pending; start() finds the same file
+        d.start()
+        assert wait_until(lambda: len(server.received()) == 1)
+        d.stop()
+        assert len(server.received()) == 1
+    assert metrics.REGISTRY.get_sample_value("anomaly_monitor_alert_outbox_size") == 0

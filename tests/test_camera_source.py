@@ -333,7 +333,7 @@ def test_a_video_file_is_replayed_at_its_own_frame_rate(camera, tmp_path: Path) 
 def test_a_video_file_is_sampled_at_fps(camera, tmp_path: Path) -> None:
     video = write_video(tmp_path / "twenty.avi", numbered_frames(20), fps=10)
     cam = camera("file_sampled", str(video), fps=2, **FAST)
-    wait_for(cam.source.finished.is_set, 10, "end of file")
+    wait_for(lambda: cam.source.finished, 10, "end of file")
     frames = cam.queue.collect(64, 0.0)
     read = cam.source.frames_read
     assert read == 4  # media times 0, 0.5, 1.0, 1.5 s
@@ -343,7 +343,7 @@ def test_a_video_file_is_sampled_at_fps(camera, tmp_path: Path) -> None:
 def test_a_finished_video_file_is_not_lost(camera, tmp_path: Path) -> None:
     video = write_video(tmp_path / "short.avi", numbered_frames(3), fps=10)
     cam = camera("file_end", str(video), fps=10, lost_after_s=0.2, **FAST)
-    wait_for(cam.source.finished.is_set, 5, "end of file")
+    wait_for(lambda: cam.source.finished, 5, "end of file")
     time.sleep(0.5)
     assert cam.events == []
     assert sample("file_end", "source_up") == 0
@@ -373,7 +373,7 @@ def test_a_region_outside_the_frame_hands_over_nothing_and_counts_an_error(camer
     errors = metrics.REGISTRY.get_sample_value("anomaly_monitor_errors_total", {"stage": "camera"}) or 0
     video = write_video(tmp_path / "small.avi", numbered_frames(3), fps=10)
     cam = camera("file_bad_roi", str(video), fps=10, roi=(100, 100, 10, 10), **FAST)
-    wait_for(cam.source.finished.is_set, 5, "end of file")
+    wait_for(lambda: cam.source.finished, 5, "end of file")
     assert len(cam.queue) == 0
     after = metrics.REGISTRY.get_sample_value("anomaly_monitor_errors_total", {"stage": "camera"})
     assert after == errors + 1

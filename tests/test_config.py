@@ -128,3 +128,23 @@ def test_commented_examples_in_the_shipped_config_are_valid():
     config = parse_config(data, REPO / "config.yaml")
     assert [s.type for s in config.alerts.sinks] == ["webhook", "email", "apprise", "alertmanager", "mqtt", "command"]
     assert config.camera_sources[0].camera == 0
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "../up", "-x", "", "x" * 65, "a b", "é"])
+def test_a_source_name_that_could_leave_its_folder_is_refused_naming_the_key(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"conf\.yaml: sources\[0\]\.name: String should match pattern"):
+        load_config(write(tmp_path, f"sources: [{{name: {name!r}, folder: in}}]\n"))
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b"])
+def test_a_sink_name_follows_the_same_rule(tmp_path, name):
+    text = (f"sources: [{{name: a, folder: in}}]\n"
+            f"alerts: {{sinks: [{{name: {name!r}, type: command, argv: [cat]}}]}}\n")
+    with pytest.raises(ConfigError, match=r"alerts\.sinks\[0\]\.name: String should match pattern"):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("name", ["line1", "cam_2", "a.b-c", "_x", "9", "x" * 64])
+def test_names_of_letters_digits_and_dot_dash_underscore_are_accepted(tmp_path, name):
+    config = load_config(write(tmp_path, f"sources: [{{name: {name!r}, folder: in}}]\n"))
+    assert config.sources[0].name == name

@@ -124,7 +124,7 @@ def test_scored_files_are_not_queued_again_after_a_restart(harness):
     (harness.inbox / "done.png").write_bytes(png(1))
     source = harness.start()
     (frame,) = harness.frames(1)
-    source.mark_scored(frame.path)
+    source.acknowledge(frame)
     harness.stop()
     (harness.inbox / "new.png").write_bytes(png(2))  # arrived while the daemon was down
     harness.start()
@@ -147,7 +147,7 @@ def test_an_overwritten_file_is_scored_again(harness):
     path = harness.inbox / "latest.png"
     path.write_bytes(png(1))
     (frame,) = harness.frames(1)
-    source.mark_scored(frame.path)
+    source.acknowledge(frame)
     time.sleep(0.05)
     path.write_bytes(png(2, size=40))
     assert [f.image.shape for f in harness.frames(1)] == [(40, 40)]

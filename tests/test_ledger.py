@@ -1,11 +1,12 @@
 """The processed-files ledger survives restarts and cut lines, and stays as small as the folder."""
 
+from monitor.records import FileKey
 from monitor.sources.ledger import Ledger
 
 
 def test_ledger_remembers_across_reopen(tmp_path):
     ledger = Ledger(tmp_path / "l.jsonl")
-    ledger.add(("a.png", 10, 123))
+    ledger.add(FileKey("a.png", 10, 123))
     ledger.close()
     again = Ledger(tmp_path / "l.jsonl")
     assert ("a.png", 10, 123) in again
@@ -22,9 +23,9 @@ def test_a_line_cut_by_a_crash_is_skipped(tmp_path):
 def test_compaction_drops_entries_of_files_that_are_gone(tmp_path):
     ledger = Ledger(tmp_path / "l.jsonl")
     for i in range(5):
-        ledger.add((f"{i}.png", 1, 1))
+        ledger.add(FileKey(f"{i}.png", 1, 1))
     ledger.compact([("1.png", 1, 1), ("3.png", 1, 1), ("new.png", 1, 1)])
-    ledger.add(("9.png", 1, 1))
+    ledger.add(FileKey("9.png", 1, 1))
     ledger.close()
     again = Ledger(tmp_path / "l.jsonl")
     assert len(again) == 3

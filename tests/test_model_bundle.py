@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from imagegen import anomalous_image, normal_image
 
-from monitor.model.architecture import build_autoencoder
 from monitor.model.bundle import META_FILE, MODEL_FILE, BundleError, load_bundle, save_bundle
 from monitor.model.scorer import BatchScorer
+from monitor.training.architecture import build_autoencoder
 
 
 @pytest.fixture()
@@ -125,7 +125,7 @@ def test_architecture_refuses_sizes_not_divisible_by_the_strides() -> None:
 
 def test_conv_architecture_round_trips_through_a_bundle_and_the_batch_scorer(tiny_bundle: Path,
                                                                              tmp_path: Path) -> None:
-    from monitor.model.architecture import build_conv_autoencoder
+    from monitor.training.architecture import build_conv_autoencoder
 
     model = build_conv_autoencoder(32, 32, 1, filters=(8, 16), code_channels=4)
     meta = json.loads((tiny_bundle / META_FILE).read_text())
@@ -141,7 +141,7 @@ def test_conv_architecture_round_trips_through_a_bundle_and_the_batch_scorer(tin
 
 
 def test_conv_architecture_has_a_spatial_code_and_no_dense_layer() -> None:
-    from monitor.model.architecture import build_conv_autoencoder
+    from monitor.training.architecture import build_conv_autoencoder
 
     model = build_conv_autoencoder(64, 64, 1, filters=(32, 64, 128), code_channels=8)
     assert tuple(model.get_layer("code").output.shape[1:]) == (8, 8, 8)

@@ -13,7 +13,7 @@ from imagegen import normal_image, write_images
 
 from monitor.cli import main
 from monitor.model.bundle import META_FILE, load_bundle
-from monitor.model.train import TrainingDataError, TrainOptions, train_bundle
+from monitor.training.train import TrainingDataError, TrainOptions, train_bundle
 
 FAST = dict(size=(16, 16), channels=1, filters=(8, 16), latent=4, epochs=2, batch_size=16, seed=3, quiet=True,
             report=False)
@@ -199,7 +199,7 @@ def test_cli_train_takes_architecture_loss_and_code_channels(small_dir, tmp_path
 
 
 def test_flip_augmentation_mirrors_about_half_of_each_epoch_and_keeps_the_data() -> None:
-    from monitor.model.train import _flip_batches
+    from monitor.training.train import _flip_batches
 
     x = np.random.default_rng(0).random((40, 4, 6, 1)).astype(np.float32)
     original = x.copy()
@@ -211,8 +211,8 @@ def test_flip_augmentation_mirrors_about_half_of_each_epoch_and_keeps_the_data()
 
 
 def test_cli_texture_preset_sets_the_texture_settings_and_flags_override_it(tmp_path) -> None:  # noqa: ANN001
-    from monitor.model.cli import register, training_options
-    from monitor.model.train import TEXTURE_SETTINGS
+    from monitor.training.cli import register, training_options
+    from monitor.training.options import TEXTURE_SETTINGS
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

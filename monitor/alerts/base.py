@@ -1,10 +1,12 @@
-"""What every sink implements, and how secrets are read (environment or file, never the config)."""
+"""What every sink implements, how one is built, and how secrets are read (environment or file, never config)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
+from monitor.alerts.config import SINKS, SinkConfig
 from monitor.alerts.events import Alert, SinkError
 
 
@@ -26,6 +28,12 @@ class Sink:
 
     def close(self) -> None:
         """Disconnect; called when the dispatcher stops."""
+
+
+def build_sink(config: SinkConfig) -> Sink:
+    """The sink object for one sink config; its module is imported only now (see SINKS)."""
+    module, _, cls = SINKS[config.type].impl.partition(":")
+    return getattr(importlib.import_module(module), cls)(config)
 
 
 def env_secret(var: str, what: str) -> str:

@@ -1,4 +1,4 @@
-"""Schema of the `alerts:` config section (imported by monitor.config).
+"""Schema of the `alerts:` config section and the table of sink types (imported by monitor.config).
 
 Secrets never live in the config: header values, passwords and secret URLs are read from environment
 variables (`*_env`) or files (`*_file`) when a sink is built.
@@ -7,26 +7,21 @@ variables (`*_env`) or files (`*_file`) when a sink is built.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from monitor.schema import EnvName, Name, StrictModel
 
 EventKind = Literal["anomaly", "camera_lost", "camera_found", "daemon_start", "daemon_stop"]
-EVENT_KINDS: tuple[str, ...] = ("anomaly", "camera_lost", "camera_found", "daemon_start", "daemon_stop")
-
-_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"  # also a folder name in the outbox: no leading dot
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _SinkBase(_Strict):
+class _SinkBase(StrictModel):
     """What every sink has: a name (the metrics label), the events it wants, cooldown and digest."""
 
-    name: str = Field(pattern=_NAME)
+    name: Name
     enabled: bool = True
     events: list[EventKind] = ["anomaly"]
     # At most one anomaly alert per source per cooldown; the ones held back are counted and summed up
@@ -50,8 +45,8 @@ class WebhookSinkConfig(_SinkBase):
     url: str | None = Field(default=None, pattern=r"^https?://")
     format: Literal["json", "slack", "mattermost", "teams"] = "json"
     headers: dict[str, str] = {}  # fixed, non-secret headers
-    headers_env: dict[str, Annotated[str, Field(pattern=_ENV_NAME)]] = {}  # header -> env var with the value
-    url_env: str | None = Field(default=None, pattern=_ENV_NAME)  # a secret URL (Slack's) from the env
+    headers_env: dict[str, EnvName] = {}  # header -> env var with the value
+    url_env: EnvName | None = None  # a secret URL (Slack's) from the env
     username: str | None = None  # Slack/Mattermost display name
     channel: str | None = None  # Mattermost channel override
     verify_tls: bool = True
@@ -71,7 +66,7 @@ class EmailSinkConfig(_SinkBase):
     port: int | None = Field(default=None, ge=1, le=65535)  # default: 25 plain, 587 starttls, 465 tls
     security: Literal["plain", "starttls", "tls"] = "starttls"
     username: str | None = None
-    password_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    password_env: EnvName | None = None
     password_file: Path | None = None
     sender: str
     to: list[str] = Field(min_length=1)
@@ -98,7 +93,7 @@ class AppriseSinkConfig(_SinkBase):
 
     type: Literal["apprise"]
     urls: list[str] = []
-    urls_env: list[Annotated[str, Field(pattern=_ENV_NAME)]] = []  # env vars, each holding one URL
+    urls_env: list[EnvName] = []  # env vars, each holding one URL
     attach_evidence: bool = True
 
     @model_validator(mode="after")
@@ -117,7 +112,7 @@ class AlertmanagerSinkConfig(_SinkBase):
     severity: str = "warning"
     labels: dict[str, str] = {}  # extra labels, e.g. {line: "3", site: "plant-a"}
     resolve_after_s: float = Field(default=300.0, gt=0)
-    headers_env: dict[str, Annotated[str, Field(pattern=_ENV_NAME)]] = {}
+    headers_env: dict[str, EnvName] = {}
     generator_url: str | None = None
     verify_tls: bool = True
     cooldown_s: float = Field(default=0.0, ge=0)  # Alertmanager groups and throttles by itself
@@ -134,7 +129,7 @@ class MqttSinkConfig(_SinkBase):
     availability_topic: str = "anomaly-monitor/status"  # retained "online"; "offline" as last will
     client_id: str | None = None
     username: str | None = None
-    password_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    password_env: EnvName | None = None
     password_file: Path | None = None
     tls: bool = False
     ca_file: Path | None = None
@@ -166,20 +161,33 @@ class CommandSinkConfig(_SinkBase):
     argv: list[str] = Field(min_length=1)
 
 
-SINK_TYPES: tuple[str, ...] = ("webhook", "email", "apprise", "alertmanager", "mqtt", "command")
+@dataclass(frozen=True)
+class SinkType:
+    """One kind of sink: its config class, and its implementation as "module:Class" (imported when built)."""
 
-SinkConfig = Annotated[
-    WebhookSinkConfig
-    | EmailSinkConfig
-    | AppriseSinkConfig
-    | AlertmanagerSinkConfig
-    | MqttSinkConfig
-    | CommandSinkConfig,
-    Field(discriminator="type"),
-]
+    config: type[_SinkBase]
+    impl: str
 
 
-class AlertsConfig(_Strict):
+# The one table of sink types; the config union, SINK_TYPES and build_sink() are derived from it.
+# The implementations are named, not imported: apprise and paho take long to import, and check-config
+# must not need them.
+SINKS: dict[str, SinkType] = {
+    "webhook": SinkType(WebhookSinkConfig, "monitor.alerts.webhook:WebhookSink"),
+    "email": SinkType(EmailSinkConfig, "monitor.alerts.smtp:EmailSink"),
+    "apprise": SinkType(AppriseSinkConfig, "monitor.alerts.apprise_sink:AppriseSink"),
+    "alertmanager": SinkType(AlertmanagerSinkConfig, "monitor.alerts.alertmanager:AlertmanagerSink"),
+    "mqtt": SinkType(MqttSinkConfig, "monitor.alerts.mqtt:MqttSink"),
+    "command": SinkType(CommandSinkConfig, "monitor.alerts.command:CommandSink"),
+}
+
+SINK_TYPES: tuple[str, ...] = tuple(SINKS)
+
+# Union[] takes a tuple built at run time; the `X | Y` spelling needs the members written out.
+SinkConfig = Annotated[Union[tuple(t.config for t in SINKS.values())], Field(discriminator="type")]  # noqa: UP007
+
+
+class AlertsConfig(StrictModel):
     """Where alerts go, and how hard the dispatcher tries to deliver them."""
 
     sinks: list[SinkConfig] = []

@@ -1,1 +1,4 @@
-"""The model: architecture, preprocessing, scores, the saved bundle, the batched scorer, training."""
+"""What the daemon loads to score: the bundle and its sidecar schema, preprocessing, scores, the batched scorer.
+
+Nothing here trains: architectures, training, evaluation and reports live in `monitor.training`.
+"""

@@ -14,13 +14,15 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from monitor.model.scores import SCORE_NAMES, ScoreFunction, get_score
+from monitor.schema import StrictModel, error_message, key_path
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,105 @@ class BundleError(Exception):
     """A bundle that cannot be used; the message (one line) says what is wrong."""
 
 
+# --- The sidecar schema ------------------------------------------------------------------------------------
+# Strict and value-checked on what scoring needs (input, score, calibration, threshold); lenient with the
+# informational keys (color_order, source, method, the training record...), which a later version may extend.
+
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class _Section(BaseModel):
+    """A sidecar section whose informational keys may grow: unknown keys are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class InputMeta(_Section):
+    """The model's input: size and channels (gray 1, BGR 3); dtype, range and color_order are informational."""
+
+    height: PositiveInt
+    width: PositiveInt
+    channels: PositiveInt
+
+    @field_validator("channels")
+    @classmethod
+    def _one_or_three(cls, value: int) -> int:
+        if value not in (1, 3):
+            raise ValueError(f"must be 1 or 3, got {value}")
+        return value
+
+
+class ScoreMeta(StrictModel):
+    """The score the threshold was calibrated with: exactly a name and its parameters."""
+
+    name: str = "mse"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in SCORE_NAMES:
+            raise ValueError(f"unknown score name {value!r} (known: {', '.join(SCORE_NAMES)})")
+        return value
+
+
+class CalibrationMeta(_Section):
+    """Scores of held-out normal images; the threshold starts from them."""
+
+    scores: list[FiniteNumber] = Field(min_length=1)
+
+
+class ThresholdMeta(_Section):
+    """threshold = margin x quantile(calibration scores); value and method are written for people."""
+
+    quantile: float = Field(strict=True, gt=0, lt=1)
+    margin: float = Field(default=1.0, strict=True, gt=0, allow_inf_nan=False)
+    value: float | None = None
+    method: str | None = None
+
+
+class BundleMeta(_Section):
+    """The sidecar (bundle.json) as the daemon reads it."""
+
+    format: Literal["anomaly-monitor-bundle"] = FORMAT
+    format_version: int = Field(default=FORMAT_VERSION, strict=True, ge=1)
+    model_file: str = MODEL_FILE
+    input: InputMeta
+    score: ScoreMeta = Field(default_factory=ScoreMeta)
+    calibration: CalibrationMeta
+    threshold: ThresholdMeta
+    # Informational: shown by `monitor info`, never needed to score.
+    preprocessing: dict[str, Any] | None = None
+    architecture: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    versions: dict[str, Any] | None = None
+
+    @field_validator("format_version")
+    @classmethod
+    def _readable_version(cls, value: int) -> int:
+        if value > FORMAT_VERSION:
+            raise ValueError(f"version {value} is newer than this monitor reads ({FORMAT_VERSION})")
+        return value
+
+    @field_validator("model_file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not value or value in (".", "..") or "/" in value or "\\" in value:
+            raise ValueError(f"must be a file name inside the bundle folder, got {value!r}")
+        return value
+
+
+def parse_meta(meta: Any, where: str | Path) -> BundleMeta:
+    """The validated sidecar; BundleError (one line: ``WHERE: key.path: message``) when it cannot be used."""
+    try:
+        return BundleMeta.model_validate(meta)
+    except ValidationError as exc:
+        problems = [f"{key_path(err['loc']) or '(top level)'}: {error_message(err)}" for err in exc.errors()]
+        raise BundleError(f"{where}: " + "; ".join(problems)) from None
+
+
 def default_threshold(calibration_scores: np.ndarray, quantile: float, margin: float = 1.0) -> float:
     """margin * the q-quantile (numpy linear interpolation) of the calibration scores."""
     return float(margin * np.quantile(np.asarray(calibration_scores, np.float64), quantile))
@@ -41,31 +142,41 @@ def default_threshold(calibration_scores: np.ndarray, quantile: float, margin: f
 
 @dataclass
 class Bundle:
-    """A loaded bundle: the Keras model and its sidecar metadata."""
+    """A loaded bundle: the Keras model, its sidecar as read (`meta`) and as validated (`sidecar`).
+
+    The validated sidecar is what scoring reads; `meta` is kept whole for `monitor info --json` and the
+    training record. Constructing a Bundle validates `meta` (BundleError when it cannot be used); a change
+    to `meta` afterwards needs a new Bundle.
+    """
 
     path: Path
     model: Any  # keras.Model (kept untyped so this module imports without Keras)
     meta: dict
+    sidecar: BundleMeta = field(default=None, repr=False)  # type: ignore[assignment]  # None: from meta
+
+    def __post_init__(self) -> None:
+        if self.sidecar is None:
+            self.sidecar = parse_meta(self.meta, Path(self.path) / META_FILE)
 
     @property
     def height(self) -> int:
-        return int(self.meta["input"]["height"])
+        return self.sidecar.input.height
 
     @property
     def width(self) -> int:
-        return int(self.meta["input"]["width"])
+        return self.sidecar.input.width
 
     @property
     def channels(self) -> int:
-        return int(self.meta["input"]["channels"])
+        return self.sidecar.input.channels
 
     @property
     def score_name(self) -> str:
-        return str(self.meta.get("score", {}).get("name", "mse"))
+        return self.sidecar.score.name
 
     @property
     def score_params(self) -> dict:
-        return dict(self.meta.get("score", {}).get("params", {}))
+        return dict(self.sidecar.score.params)
 
     def score_function(self) -> ScoreFunction:
         """The score this bundle was calibrated with."""
@@ -73,15 +184,15 @@ class Bundle:
 
     @property
     def calibration_scores(self) -> np.ndarray:
-        return np.asarray(self.meta["calibration"]["scores"], dtype=np.float64)
+        return np.asarray(self.sidecar.calibration.scores, dtype=np.float64)
 
     @property
     def threshold_quantile(self) -> float:
-        return float(self.meta["threshold"]["quantile"])
+        return self.sidecar.threshold.quantile
 
     @property
     def threshold_margin(self) -> float:
-        return float(self.meta["threshold"].get("margin", 1.0))
+        return self.sidecar.threshold.margin
 
     @property
     def default_threshold(self) -> float:
@@ -111,39 +222,6 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def validate_meta(meta: dict, where: str) -> None:
-    """Raise BundleError (naming `where` and the key) unless the sidecar has everything scoring needs."""
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise BundleError(f"{where}: {msg}")
-
-    inp = meta.get("input")
-    need(isinstance(inp, dict), "'input' is missing")
-    for key in ("height", "width", "channels"):
-        need(isinstance(inp.get(key), int) and inp[key] > 0, f"input.{key} must be a positive integer")
-    need(inp["channels"] in (1, 3), f"input.channels must be 1 or 3, got {inp['channels']}")
-    score = meta.get("score", {"name": "mse"})
-    need(isinstance(score, dict) and isinstance(score.get("name", "mse"), str),
-         "'score' must be {name, params}")
-    name = score.get("name", "mse")
-    need(name in SCORE_NAMES, f"unknown score name {name!r} (known: {', '.join(SCORE_NAMES)})")
-    need(isinstance(score.get("params", {}), dict), "score.params must be an object")
-    cal = meta.get("calibration")
-    need(isinstance(cal, dict) and isinstance(cal.get("scores"), list) and len(cal["scores"]) > 0,
-         "calibration.scores must be a non-empty list of numbers")
-    try:
-        values = np.asarray(cal["scores"], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BundleError(f"{where}: calibration.scores must be numbers") from None
-    need(values.ndim == 1 and bool(np.all(np.isfinite(values))), "calibration.scores must be finite numbers")
-    thr = meta.get("threshold")
-    need(isinstance(thr, dict), "'threshold' is missing")
-    q = thr.get("quantile")
-    need(isinstance(q, int | float) and 0 < q < 1, f"threshold.quantile must be in (0, 1), got {q!r}")
-    m = thr.get("margin", 1.0)
-    need(isinstance(m, int | float) and m > 0, f"threshold.margin must be positive, got {m!r}")
-
-
 def load_bundle(path: str | Path) -> Bundle:
     """Load and check a bundle folder (Keras safe mode on); BundleError says what is wrong."""
     path = Path(path)
@@ -152,8 +230,8 @@ def load_bundle(path: str | Path) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"{path}: a model bundle is a folder, this is a file")
     meta = _read_meta(path)
-    validate_meta(meta, str(path / META_FILE))
-    model_path = path / meta.get("model_file", MODEL_FILE)
+    sidecar = parse_meta(meta, path / META_FILE)  # before Keras: a bad sidecar fails fast
+    model_path = path / sidecar.model_file
     if not model_path.is_file():
         raise BundleError(f"{path}: model file {model_path.name} is missing")
     import keras  # late: reading a sidecar must not pay for TensorFlow
@@ -163,7 +241,7 @@ def load_bundle(path: str | Path) -> Bundle:
     except Exception as exc:  # Keras raises many types for a corrupt or unsafe file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{model_path}: cannot load the Keras model: {first}") from None
-    want = (meta["input"]["height"], meta["input"]["width"], meta["input"]["channels"])
+    want = (sidecar.input.height, sidecar.input.width, sidecar.input.channels)
     shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     if shape != want:
         raise BundleError(f"{path}: model input shape {shape} does not match the sidecar's input "
@@ -172,7 +250,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if out_shape != want:
         raise BundleError(f"{path}: model output shape {out_shape} is not a reconstruction of its "
                           f"input {want}")
-    bundle = Bundle(path=path, model=model, meta=meta)
+    bundle = Bundle(path=path, model=model, meta=meta, sidecar=sidecar)
     log.info("bundle_loaded %s", bundle.describe())
     return bundle
 
@@ -219,10 +297,10 @@ def save_bundle(path: str | Path, model: Any, meta: dict) -> Bundle:
     meta.setdefault("format", FORMAT)
     meta.setdefault("format_version", FORMAT_VERSION)
     meta["model_file"] = MODEL_FILE
-    validate_meta(json.loads(json.dumps(meta, default=_json_default)), str(path / META_FILE))
-    thr = meta["threshold"]
-    thr["value"] = default_threshold(np.asarray(meta["calibration"]["scores"]), thr["quantile"],
-                                     thr.get("margin", 1.0))
+    sidecar = parse_meta(json.loads(json.dumps(meta, default=_json_default)), path / META_FILE)
+    value = default_threshold(np.asarray(sidecar.calibration.scores), sidecar.threshold.quantile,
+                              sidecar.threshold.margin)
+    meta["threshold"] = {**meta["threshold"], "value": value}
     meta.setdefault("versions", library_versions())
     path.mkdir(parents=True, exist_ok=True)
     # The model first, the sidecar last: a folder with a sidecar always has the matching model.

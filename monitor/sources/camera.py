@@ -25,6 +25,8 @@ from monitor import metrics
 from monitor.batching import FrameQueue, QueueClosed
 from monitor.config import CameraSourceConfig, camera_kind
 from monitor.records import Frame, SourceEvent
+from monitor.sources.base import Source
+from monitor.threads import StoppableThread
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def crop(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray
     return np.ascontiguousarray(image[y:y1, x:x1])
 
 
-class CameraSource:
+class CameraSource(Source):
     """Reads one camera in its own thread and offers its newest frames to the queue."""
 
     def __init__(self, config: CameraSourceConfig, queue: FrameQueue,
@@ -67,8 +69,8 @@ class CameraSource:
         self.kind = camera_kind(config.camera)
         self._queue = queue
         self._on_event = on_event
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
+        self.thread = StoppableThread(f"camera-{self.name}", self._run)
+        self._stop = self.thread.stop_event
         self._period = 1.0 / config.fps
         self._started = time.monotonic()
         self._last_frame: float | None = None  # monotonic time of the last frame handed over
@@ -78,7 +80,7 @@ class CameraSource:
         self._opened_once = False
         self._rewinding = False  # reopening a looped video file is not a reconnect
         self._roi_warned = False
-        self.finished = threading.Event()  # a non-looping video file reached its end
+        self._finished = threading.Event()  # a non-looping video file reached its end
         self.frames_read = 0
         self._up = metrics.SOURCE_UP.labels(self.name)
         self._up.set(0)
@@ -93,38 +95,26 @@ class CameraSource:
         self._down_since = self._started
         log.info("camera_start source=%s camera=%s kind=%s fps=%s", self.name, redact(self.config.camera),
                  self.kind, self.config.fps)
-        self._thread.start()
+        self.thread.start()
 
-    def stop(self) -> None:
-        """Ask the reader to stop; it releases the capture within about `read_timeout_s`.
-
-        The capture is released by the reader thread itself: OpenCV captures are not thread-safe.
-        """
-        self._stop.set()
-
-    def join(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for the reader thread to end."""
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("camera_stop_timeout source=%s timeout_s=%s", self.name, timeout)
+    # stop(): the capture is released by the reader thread itself, within about `read_timeout_s`:
+    # OpenCV captures are not thread-safe.
 
     @property
-    def alive(self) -> bool:
-        """True while the reader thread runs (a finished video file or a stopped source: False)."""
-        return self._thread.is_alive()
+    def finished(self) -> bool:
+        """True once a video file without `loop` reached its end."""
+        return self._finished.is_set()
 
     @property
-    def up(self) -> bool:
-        """True while frames flow (between the first frame after a connect and the next failure)."""
-        return self._down_since is None
+    def join_timeout_s(self) -> float:
+        return max(5.0, 1.5 * self.config.read_timeout_s)
 
     def seconds_since_last_frame(self) -> float:
         """Seconds since the last frame was handed over (since start when none was yet)."""
         return time.monotonic() - (self._last_frame if self._last_frame is not None else self._started)
 
     # --- the reader thread ---------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, _stop: threading.Event) -> None:
         try:
             while not self._stop.is_set():
                 cap = self._open()
@@ -327,7 +317,7 @@ class CameraSource:
                                       f"{redact(self.config.camera)}")
 
     def _emit(self, kind: str, detail: str) -> None:
-        log.warning("%s source=%s detail=%r", kind, self.name, detail)
+        log.warning("camera_event kind=%s source=%s detail=%r", kind, self.name, detail)
         try:
             self._on_event(SourceEvent(source=self.name, kind=kind, time=time.time(), detail=detail))
         except Exception:  # a failing listener must not kill the reader
@@ -352,5 +342,5 @@ class CameraSource:
     def _finish(self) -> None:
         self._down_since = time.monotonic()  # no longer delivering, but finished is not lost: no event
         self._up.set(0)
-        self.finished.set()
+        self._finished.set()
         log.info("camera_finished source=%s frames=%d", self.name, self.frames_read)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
@@ -35,38 +34,17 @@ from watchdog.observers import Observer
 from monitor import metrics
 from monitor.batching import FrameQueue, QueueClosed
 from monitor.config import FolderSourceConfig
-from monitor.records import Frame
-from monitor.sources.ledger import FileKey, Ledger
+from monitor.images import decode_image, image_is_complete, is_image_name, is_self_delimited
+from monitor.records import FileKey, Frame
+from monitor.sources.base import Source
+from monitor.sources.ledger import Ledger
 from monitor.sources.quarantine import Quarantine
+from monitor.threads import StoppableThread
 
 log = logging.getLogger(__name__)
 
-# Formats whose bytes say where the image ends (see image_is_complete).
-SELF_DELIMITED = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _RETRY_S = 0.25
 _TICK_S = 0.05
-
-
-def image_is_complete(data: bytes) -> bool:
-    """True when the bytes hold a whole image as far as the format's trailer tells."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return data.endswith(_PNG_END)
-    if data.startswith(b"\xff\xd8"):
-        return data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"
-    if data.startswith(b"BM") and len(data) >= 6:
-        return len(data) >= int.from_bytes(data[2:6], "little")
-    return True  # TIFF and others: only a successful decode tells
-
-
-def decode_image(data: bytes) -> np.ndarray | None:
-    """Decode bytes as OpenCV does (BGR/BGRA/gray, 8 or 16 bit); None when not an image.
-
-    Raises cv2.error for images OpenCV refuses, e.g. above CV_IO_MAX_IMAGE_PIXELS.
-    """
-    if not data:
-        return None
-    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 @dataclass
@@ -101,7 +79,7 @@ class _Events(FileSystemEventHandler):
             src.offer(Path(os.fsdecode(event.src_path)), closed=isinstance(event, FileClosedEvent))
 
 
-class FolderSource:
+class FolderSource(Source):
     """Watches one folder and feeds complete image files into the frame queue."""
 
     def __init__(self, config: FolderSourceConfig, queue: FrameQueue, ledger: Ledger,
@@ -118,9 +96,8 @@ class FolderSource:
         self._ignored: OrderedDict[Path, None] = OrderedDict()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._stop = threading.Event()
         self._observer = None
-        self._thread = threading.Thread(target=self._run, name=f"folder-{self.name}", daemon=True)
+        self.thread = StoppableThread(f"folder-{self.name}", self._run)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,28 +109,25 @@ class FolderSource:
         self._observer.start()
         existing = self.scan(self.folder)
         self.ledger.compact(existing)
-        self._thread.start()
-        log.info("folder source started source=%s folder=%s backlog=%d", self.name, self.folder,
+        self.thread.start()
+        log.info("folder_source_started source=%s folder=%s backlog=%d", self.name, self.folder,
                  len(self._pending))
 
     def stop(self) -> None:
         """Stop accepting new files; files already queued are still scored."""
-        self._stop.set()
+        self.thread.stop()
         self._wake.set()
         if self._observer is not None:
             self._observer.stop()
 
-    @property
-    def alive(self) -> bool:
-        """True while the settle loop runs."""
-        return self._thread.is_alive()
-
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         if self._observer is not None:
             self._observer.join(timeout)
-        if self._thread.is_alive():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+        return self.thread.join(deadline - time.monotonic())
+
+    def close(self) -> None:
+        self.ledger.close()
 
     # --- candidates ---------------------------------------------------------------------------
     def _relative(self, path: Path) -> str:
@@ -168,14 +142,14 @@ class FolderSource:
             return False
         if not self.config.recursive and path.parent != self.folder:
             return False
-        if path.suffix.lower() in self._extensions:
+        if is_image_name(path, self._extensions):
             return True
         if path not in self._ignored:
             self._ignored[path] = None
             if len(self._ignored) > 10_000:
                 self._ignored.popitem(last=False)
             metrics.FILES_IGNORED.labels(self.name).inc()
-            log.info("file ignored source=%s path=%s reason=extension", self.name, path)
+            log.info("file_ignored source=%s path=%s reason=extension", self.name, path)
         return False
 
     def offer(self, path: Path, closed: bool, arrived: float | None = None) -> None:
@@ -210,13 +184,13 @@ class FolderSource:
         for dirpath, _dirs, files in walker:
             for name in files:
                 path = Path(dirpath) / name
-                if path.suffix.lower() not in self._extensions or name.startswith("."):
+                if name.startswith(".") or not is_image_name(path, self._extensions):
                     continue
                 try:
                     st = path.stat()
                 except OSError:
                     continue
-                found.append((st.st_mtime, path, (self._relative(path), st.st_size, st.st_mtime_ns)))
+                found.append((st.st_mtime, path, FileKey(self._relative(path), st.st_size, st.st_mtime_ns)))
         found.sort()
         for mtime, path, key in found:
             if key not in self.ledger:
@@ -228,15 +202,15 @@ class FolderSource:
     def _quick(self, path: Path, cand: _Candidate) -> bool:
         # A file moved in from elsewhere never shows a close event, but PNG, JPEG and BMP carry their own
         # end: reading after a short quiet time is safe, the end check refuses a partial file.
-        return cand.closed or path.suffix.lower() in SELF_DELIMITED
+        return cand.closed or is_self_delimited(path)
 
     def _due_at(self, path: Path, cand: _Candidate) -> float:
         quiet = self.config.settle_ms / 1000 if self._quick(path, cand) else self.config.stable_s
         return max(cand.next_try, cand.last_change + quiet)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         wait = _TICK_S
-        while not self._stop.is_set():
+        while not stop.is_set():
             self._wake.wait(wait)
             self._wake.clear()
             now = time.monotonic()
@@ -247,7 +221,7 @@ class FolderSource:
             # Sleep until the next candidate is due (a new event wakes us earlier), at most one tick.
             wait = min([_TICK_S, *(at - now for at in later)]) if not due else 0.0
             for _, path in due:
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 try:
                     self._try_read(path)
@@ -255,7 +229,7 @@ class FolderSource:
                     return
                 except Exception:  # noqa: BLE001 - one bad file must never stop the source
                     metrics.ERRORS.labels("read").inc()
-                    log.exception("folder read failed source=%s path=%s", self.name, path)
+                    log.exception("folder_read_failed source=%s path=%s", self.name, path)
                     self.forget(path)
 
     def _retry_or_quarantine(self, path: Path, cand: _Candidate, reason: str, detail: str) -> None:
@@ -285,7 +259,7 @@ class FolderSource:
                 if not (first_look and self._quick(path, cand)):
                     cand.last_change = time.monotonic()
                     return
-        key: FileKey = (self._relative(path), st.st_size, st.st_mtime_ns)
+        key = FileKey(self._relative(path), st.st_size, st.st_mtime_ns)
         if key in self.ledger:
             self.forget(path)
             return
@@ -345,19 +319,21 @@ class FolderSource:
             if rec.get("source") != self.name or not isinstance(file, dict):
                 continue
             try:
-                key: FileKey = (str(file["name"]), int(file["size"]), int(file["mtime_ns"]))
+                key = FileKey(str(file["name"]), int(file["size"]), int(file["mtime_ns"]))
             except (KeyError, TypeError, ValueError):
                 continue
             if key not in self.ledger:
                 self.ledger.add(key)
                 added += 1
         if added:
-            log.info("ledger reconciled from journal source=%s added=%d", self.name, added)
+            log.info("ledger_reconciled_from_journal source=%s added=%d", self.name, added)
         return added
 
-    def mark_scored(self, path: Path) -> None:
-        """Called after the verdict is in the journal: record the file version in the ledger."""
+    def acknowledge(self, frame: Frame) -> None:
+        """The file's verdict (or quarantine) is in the journal: record the file version in the ledger."""
+        if frame.path is None:
+            return
         with self._lock:
-            key = self._inflight.pop(path, None)
+            key = self._inflight.pop(frame.path, None)
         if key is not None:
             self.ledger.add(key)

@@ -9,14 +9,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from monitor.files import LineFile, atomic_write
+from monitor.records import FileKey
 
 log = logging.getLogger(__name__)
 
-FileKey = tuple[str, int, int]  # path relative to the folder, size, mtime in ns
-
-
 def _line(key: FileKey) -> str:
-    return json.dumps({"p": key[0], "s": key[1], "m": key[2]}) + "\n"
+    return json.dumps({"p": key.name, "s": key.size, "m": key.mtime_ns}) + "\n"
 
 
 class Ledger:
@@ -35,10 +33,10 @@ class Ledger:
                 for lineno, line in enumerate(f, 1):
                     try:
                         rec = json.loads(line)
-                        self._keys.add((rec["p"], int(rec["s"]), int(rec["m"])))
+                        self._keys.add(FileKey(rec["p"], int(rec["s"]), int(rec["m"])))
                     except (ValueError, KeyError, TypeError):
                         # A line cut by a crash mid-write: that one file may be scored again; nothing lost.
-                        log.warning("ledger line skipped path=%s line=%d", self.path, lineno)
+                        log.warning("ledger_line_skipped path=%s line=%d", self.path, lineno)
         self._file = LineFile(self.path)
 
     def __contains__(self, key: FileKey) -> bool:
@@ -54,21 +52,17 @@ class Ledger:
             self._keys.add(key)
             self._file.write(_line(key))
 
-    def sync(self) -> None:
-        with self._lock:
-            self._file.sync()
-
     def compact(self, existing: Iterable[FileKey]) -> None:
         """Keep only entries of file versions still present, so the ledger never outgrows the folder."""
         present = set(existing)
         with self._lock:
-            keep = self._keys & present
+            keep = {k for k in self._keys if k in present}
             if len(keep) == len(self._keys):
                 return
             self._file.close()
             atomic_write(self.path, "".join(_line(k) for k in sorted(keep)).encode(), durable=True)
             self._file.reopen()
-            log.info("ledger compacted path=%s kept=%d dropped=%d", self.path, len(keep),
+            log.info("ledger_compacted path=%s kept=%d dropped=%d", self.path, len(keep),
                      len(self._keys) - len(keep))
             self._keys = keep
 

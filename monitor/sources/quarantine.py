@@ -37,12 +37,12 @@ class Quarantine:
         try:
             shutil.move(str(path), target)
         except FileNotFoundError:
-            log.info("quarantine skipped, file gone source=%s path=%s reason=%s", source, path, reason)
+            log.info("quarantine_skipped_file_gone source=%s path=%s reason=%s", source, path, reason)
             return None
         metrics.FILES_QUARANTINED.labels(source, reason).inc()
         reason_file = target.with_name(target.name + ".reason.txt")
         text = f"reason: {reason}\nsource: {source}\noriginal: {path}\ntime: {stamp}\ndetail: {detail}\n"
         atomic_write(reason_file, text.encode())  # whoever sees the reason file sees all of it
-        log.warning("file quarantined source=%s path=%s reason=%s detail=%s to=%s",
+        log.warning("file_quarantined source=%s path=%s reason=%s detail=%s to=%s",
                     source, path, reason, detail.replace("\n", " "), target)
         return target

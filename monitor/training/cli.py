@@ -5,69 +5,50 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from monitor.training.options import TrainOptions
 
 # Heavy imports (TensorFlow) happen inside the handlers, so `monitor --help` stays instant.
 
 
 def _err(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+    for line in msg.splitlines() or [msg]:
+        print(f"error: {line}", file=sys.stderr)
     return 2
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.lower().replace("*", "x").split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW or N, e.g. 64x64, got {text!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"size must be HxW or N with positive numbers, got {text!r}")
-    return parts[0], parts[1]
-
-
-def _parse_filters(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"filters must be numbers separated by commas, got {text!r}") \
-            from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"filters must be positive numbers, got {text!r}")
-    return values
-
-
-# option name -> (flag, type or None for a switch, help); every TrainOptions field a person may set from
-# the command line.
-_TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "epochs": ("--epochs", int, "maximum epochs (early stopping may end sooner)"),
-    "size": ("--size", _parse_size, "model input HxW, e.g. 64x64 (divisible by 2**len(filters))"),
-    "channels": ("--channels", int, "1 (gray) or 3 (BGR colour)"),
-    "architecture": ("--architecture", str, "seed (the seeds' dense-latent ConvAE, default) or conv (fully "
+# option name -> (flag, help); every TrainOptions field a person may set from the command line. The flags
+# are read as text (a switch: True) and validated with the config file's values, by TrainOptions.
+_TRAIN_FLAGS: dict[str, tuple[str, str]] = {
+    "epochs": ("--epochs", "maximum epochs (early stopping may end sooner)"),
+    "size": ("--size", "model input HxW, e.g. 64x64 (divisible by 2**len(filters))"),
+    "channels": ("--channels", "1 (gray) or 3 (BGR colour)"),
+    "architecture": ("--architecture", "seed (the seeds' dense-latent ConvAE, default) or conv (fully "
                      "convolutional, spatial code: for textures and surfaces)"),
-    "filters": ("--filters", _parse_filters, "conv filters per block, e.g. 32,64 (default: seed 32,64; "
-                "conv 32,64,128)"),
-    "latent": ("--latent", int, "seed architecture: size of the dense latent code"),
-    "code_channels": ("--code-channels", int, "conv architecture: channels of the spatial code"),
-    "loss": ("--loss", str, "training loss: mse (default), ssim or mse+ssim"),
-    "flip": ("--flip", None, "augment with left-right mirrored images (textures, symmetric parts)"),
-    "batch_size": ("--batch-size", int, "training batch size"),
-    "learning_rate": ("--learning-rate", float, "Adam learning rate"),
-    "validation_split": ("--validation-split", float, "share of the images held out for validation"),
-    "patience": ("--patience", int, "early stopping patience in epochs"),
-    "lr_schedule": ("--lr-schedule", str, "plateau, cosine or constant"),
-    "seed": ("--seed", int, "random seed: a run with the same seed is repeatable on the CPU"),
-    "score": ("--score", str, "anomaly score stored in the bundle (mse, smooth_max, ...)"),
-    "quantile": ("--quantile", float, "threshold quantile of the validation scores"),
-    "margin": ("--margin", float, "threshold = margin x quantile"),
+    "filters": ("--filters", "conv filters per block, e.g. 32,64 (default: seed 32,64; conv 32,64,128)"),
+    "latent": ("--latent", "seed architecture: size of the dense latent code"),
+    "code_channels": ("--code-channels", "conv architecture: channels of the spatial code"),
+    "loss": ("--loss", "training loss: mse (default), ssim or mse+ssim"),
+    "flip": ("--flip", "augment with left-right mirrored images (textures, symmetric parts)"),
+    "batch_size": ("--batch-size", "training batch size"),
+    "learning_rate": ("--learning-rate", "Adam learning rate"),
+    "validation_split": ("--validation-split", "share of the images held out for validation"),
+    "patience": ("--patience", "early stopping patience in epochs"),
+    "lr_schedule": ("--lr-schedule", "plateau, cosine or constant"),
+    "seed": ("--seed", "random seed: a run with the same seed is repeatable on the CPU"),
+    "score": ("--score", "anomaly score stored in the bundle (mse, smooth_max, ...)"),
+    "quantile": ("--quantile", "threshold quantile of the validation scores"),
+    "margin": ("--margin", "threshold = margin x quantile"),
 }
+_SWITCHES = {"flip"}
 
 
-def load_training_section(path: Path) -> dict[str, Any]:
-    """The `training:` mapping of a YAML file (or the whole file if it has no such key)."""
+def load_training_section(path: Path) -> tuple[dict[str, Any], str]:
+    """The `training:` mapping of a YAML file (or the whole file if it has no such key), and its key prefix."""
     import yaml
 
     try:
@@ -76,53 +57,47 @@ def load_training_section(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    prefix = ""
     if isinstance(data, dict) and "training" in data:
-        data = data["training"]
+        data, prefix = data["training"], "training."
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: training: must be a mapping of option: value")
-    return data
+        raise ValueError(f"{path}: {prefix.rstrip('.') or '(top level)'}: must be a mapping of option: value")
+    return data, prefix
 
 
-def training_options(args: argparse.Namespace) -> Any:
-    """TrainOptions from defaults, then the preset, then the --config file's training: section, then the flags."""
-    from monitor.model.train import PRESETS, TrainOptions
+def _config_layer(path: Path | None) -> tuple[dict[str, Any], Callable[[str], str]]:
+    """The config file's options (keys with - read as _) and the labels that name them in the file."""
+    if path is None:
+        return {}, str
+    section, prefix = load_training_section(path)
+    spelled = {str(key).replace("-", "_"): str(key) for key in section}
+    values = {str(key).replace("-", "_"): value for key, value in section.items()}
+    return values, lambda name: f"{path}: {prefix}{spelled.get(name, name)}"
 
-    values: dict[str, Any] = {}
-    known = {f.name for f in fields(TrainOptions)}
-    section = load_training_section(args.config) if args.config is not None else {}
-    preset = args.preset if args.preset is not None else section.get("preset")
+
+def _flag_label(name: str) -> str:
+    return _TRAIN_FLAGS[name][0] if name in _TRAIN_FLAGS else "--" + name.replace("_", "-")
+
+
+def training_options(args: argparse.Namespace) -> TrainOptions:
+    """TrainOptions from defaults, then the preset, then the --config file's training: section, then the flags.
+
+    Merged as plain values, validated once; OptionsError (a ValueError) names the file and key or the flag.
+    """
+    from monitor.training.options import merge_options, preset_settings
+
+    section, in_file = _config_layer(args.config)
+    preset, where = (args.preset, "--preset") if args.preset is not None else (section.pop("preset", None), None)
+    section.pop("preset", None)  # --preset wins over the file's
+    layers = []
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-        values.update({k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[preset].items()})
-    if args.config is not None:
-        for key, value in section.items():
-            if key == "preset":
-                continue
-            name = str(key).replace("-", "_")
-            if name not in known or name == "quiet":
-                raise ValueError(f"{args.config}: training.{key}: unknown key "
-                                 f"(known: {', '.join(sorted(known - {'quiet'}))})")
-            if name == "size":
-                value = _parse_size(str(value)) if not isinstance(value, list) else tuple(value)
-            elif name == "filters":
-                value = _parse_filters(str(value)) if not isinstance(value, list) else tuple(value)
-            elif name in ("learning_rate", "validation_split", "quantile", "margin",
-                          "max_unreadable_fraction"):
-                try:
-                    value = float(value)  # YAML reads 1e-3 (no dot) as a string
-                except (TypeError, ValueError):
-                    raise ValueError(f"{args.config}: training.{key}: not a number: {value!r}") from None
-            values[name] = value
-    for name in _TRAIN_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            values[name] = value
-    values["quiet"] = args.quiet
-    values["report"] = not args.no_report
-    options = TrainOptions(**values)
-    options.validate()
-    return options
+        settings = preset_settings(preset, where or in_file("preset"))
+        layers.append((settings, lambda name: f"preset {preset}: {name}"))
+    flags = {name: getattr(args, name) for name in _TRAIN_FLAGS if getattr(args, name) is not None}
+    flags.update({"quiet": True} if args.quiet else {})
+    flags.update({"report": False} if args.no_report else {})
+    layers += [(section, in_file), (flags, _flag_label)]
+    return merge_options(layers)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -130,7 +105,7 @@ def _train(args: argparse.Namespace) -> int:
         options = training_options(args)
     except (ValueError, TypeError) as exc:
         return _err(str(exc))
-    from monitor.model.train import TrainingDataError, train_bundle
+    from monitor.training.train import TrainingDataError, train_bundle
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -147,7 +122,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def collect_image_paths(paths: list[str]) -> tuple[list[Path], list[str]]:
     """Files as given plus image files found in folders (recursive, sorted); and the missing paths."""
-    from monitor.model.train import list_images
+    from monitor.images import list_images
 
     found, missing = [], []
     for text in paths:
@@ -168,9 +143,9 @@ def _load(bundle_dir: str) -> Any:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from monitor.images import read_image
     from monitor.model.bundle import BundleError
     from monitor.model.scorer import BatchScorer
-    from monitor.model.train import read_image
 
     paths, missing = collect_image_paths(args.paths)
     for m in missing:
@@ -209,7 +184,7 @@ def _score(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from monitor.model.bundle import BundleError
-    from monitor.model.info import format_info
+    from monitor.training.info import format_info
 
     try:
         bundle = _load(args.bundle)
@@ -224,7 +199,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from monitor.model.bundle import BundleError
-    from monitor.model.evaluate import EvaluationError, evaluate_folders, format_evaluation
+    from monitor.training.evaluate import EvaluationError, evaluate_folders, format_evaluation
 
     try:
         bundle = _load(args.bundle)
@@ -246,11 +221,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", metavar="NAME",
                    help="named settings under the config file and the flags: texture (fully convolutional AE, "
                         "SSIM loss, 80 epochs, score smooth_quantile; for textures and surfaces)")
-    for name, (flag, typ, help_text) in _TRAIN_FLAGS.items():
-        if typ is None:  # a switch: absent leaves the config file's value (or the default) alone
+    for name, (flag, help_text) in _TRAIN_FLAGS.items():
+        if name in _SWITCHES:  # a switch: absent leaves the config file's value (or the default) alone
             p.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=help_text)
         else:
-            p.add_argument(flag, dest=name, type=typ, default=None, help=help_text)
+            p.add_argument(flag, dest=name, default=None, help=help_text)
     p.add_argument("--no-report", action="store_true", help="skip the training report (plots)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_train)

@@ -11,8 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from monitor.evidence import render_evidence
+from monitor.images import list_images, read_image
 from monitor.model.bundle import Bundle
-from monitor.model.metrics import (
+from monitor.model.scorer import BatchScorer, ScoredBatch
+from monitor.training.quality import (
     Detection,
     auroc,
     average_precision,
@@ -21,8 +24,6 @@ from monitor.model.metrics import (
     pr_curve,
     roc_curve,
 )
-from monitor.model.scorer import BatchScorer, ScoredBatch
-from monitor.model.train import list_images, read_image
 
 log = logging.getLogger(__name__)
 
@@ -117,28 +118,13 @@ def evaluate_folders(bundle: Bundle, normal_dir: Path, anomaly_dir: Path, max_ba
 
 
 def _render(out: ScoredBatch, i: int, threshold: float, title: str) -> np.ndarray:
-    try:
-        from monitor.evidence import render_evidence
-    except ImportError:  # the daemon's renderer is the one users know; fall back only if it is absent
-        return _simple_evidence(out.inputs[i], out.reconstructions[i], out.error_maps[i])
     return render_evidence(out.inputs[i], out.reconstructions[i], out.error_maps[i], float(out.scores[i]),
                            threshold, title)
 
 
-def _simple_evidence(x: np.ndarray, r: np.ndarray, m: np.ndarray) -> np.ndarray:
-    def bgr(a: np.ndarray) -> np.ndarray:
-        a = (np.clip(a, 0, 1) * 255).astype(np.uint8)
-        return cv2.cvtColor(a, cv2.COLOR_GRAY2BGR) if a.ndim == 2 or a.shape[-1] == 1 else a
-
-    heat = cv2.applyColorMap((np.clip(m / max(float(m.max()), 1e-12), 0, 1) * 255).astype(np.uint8),
-                             cv2.COLORMAP_JET)
-    return np.hstack([bgr(x.squeeze(-1) if x.shape[-1] == 1 else x),
-                      bgr(r.squeeze(-1) if r.shape[-1] == 1 else r), heat])
-
-
 def write_evaluation_report(result: Evaluation, out: ScoredBatch, folder: Path, worst: int = 5) -> None:
     """Histogram, ROC and PR curves, worst false positives/negatives as evidence images, figures.json."""
-    from monitor.model.report import plot_roc_pr, plot_score_histogram
+    from monitor.training.report import plot_roc_pr, plot_score_histogram
 
     folder.mkdir(parents=True, exist_ok=True)
     scores, labels = np.asarray(result.scores), np.asarray(result.labels)

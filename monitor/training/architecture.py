@@ -16,8 +16,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-ARCHITECTURES: tuple[str, ...] = ("seed", "conv")
-DEFAULT_FILTERS: dict[str, tuple[int, ...]] = {"seed": (32, 64), "conv": (32, 64, 128)}
+from monitor.training.options import ARCHITECTURES, DEFAULT_FILTERS
 
 
 def _check(height: int, width: int, channels: int, filters: tuple[int, ...]) -> int:

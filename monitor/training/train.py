@@ -7,110 +7,33 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from monitor.model.bundle import Bundle, default_threshold, library_versions, save_bundle
+from monitor.images import list_images, read_image
+from monitor.model.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    Bundle,
+    default_threshold,
+    library_versions,
+    save_bundle,
+)
 from monitor.model.preprocess import PREPROCESSING, to_model_input
-from monitor.model.scores import SCORE_NAMES
+from monitor.training.options import LOSSES, TrainOptions
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_VALIDATION_IMAGES = 5
 MIN_TRAINING_IMAGES = 8
-LOSSES: tuple[str, ...] = ("mse", "ssim", "mse+ssim")
-
-
-# Settings for textures and surfaces (the shipped default model's; benchmarks/quality.py, texture protocol):
-# fully convolutional AE, SSIM loss, 80 epochs, 0.99 quantile of the smoothed squared error map. Mirrored
-# copies (flip) scored the same on the validation set and cost half as much time again, so they are off.
-# Same as `monitor train --architecture conv --loss ssim --epochs 80 --score smooth_quantile`.
-TEXTURE_SETTINGS: dict[str, Any] = {"architecture": "conv", "loss": "ssim", "epochs": 80,
-                                    "score": "smooth_quantile", "score_params": {"sigma": 2.0, "q": 0.99}}
-# Named bundles of settings for `monitor train --preset NAME` (or `preset:` in a training: section).
-PRESETS: dict[str, dict[str, Any]] = {"texture": TEXTURE_SETTINGS}
 
 
 class TrainingDataError(Exception):
     """Training data that cannot make a model; the message says what is wrong and where."""
-
-
-@dataclass
-class TrainOptions:
-    """Everything that shapes a training run (CLI flags and the config's `training:` section)."""
-
-    size: tuple[int, int] = (64, 64)  # height, width
-    channels: int = 1
-    architecture: str = "seed"  # "seed" (dense latent, the seeds') or "conv" (spatial code, for textures)
-    filters: tuple[int, ...] | None = None  # None: the architecture's default, (32, 64) or (32, 64, 128)
-    latent: int = 16  # seed: size of the dense latent code
-    code_channels: int = 8  # conv: channels of the spatial code
-    loss: str = "mse"  # "mse" (the seeds'), "ssim" (1 - SSIM, Bergmann et al. 2018) or "mse+ssim"
-    flip: bool = False  # augment: each epoch mirrors a random half of the images left-right (textures)
-    epochs: int = 60  # the seeds' 20 leave the model under-trained; early stopping ends sooner
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    validation_split: float = 0.2
-    patience: int = 10  # early stopping: epochs without a better validation loss
-    lr_schedule: str = "plateau"  # "plateau" (halve when validation loss stalls), "cosine" or "constant"
-    seed: int | None = None
-    score: str = "mse"
-    score_params: dict[str, Any] = field(default_factory=dict)
-    # 0.99, not the seeds' 0.999: the top 1% of validation scores may be unlabelled defects that slipped
-    # into the 'normal' folder; 0.999 of a few hundred images is their maximum, i.e. the worst of them.
-    quantile: float = 0.99
-    margin: float = 1.0
-    max_unreadable_fraction: float = 0.1  # above this share of unreadable files training stops
-    report: bool = True  # write report/ (loss curve, score histogram, reconstructions) into the bundle
-    quiet: bool = False
-
-    @property
-    def model_filters(self) -> tuple[int, ...]:
-        """The filters the model is built with: the option, else the architecture's default."""
-        from monitor.model.architecture import DEFAULT_FILTERS
-
-        if self.filters:
-            return tuple(int(f) for f in self.filters)
-        return DEFAULT_FILTERS.get(self.architecture, DEFAULT_FILTERS["seed"])
-
-    def validate(self) -> None:
-        """Raise ValueError naming the option that is out of range."""
-        from monitor.model.architecture import ARCHITECTURES
-
-        h, w = self.size
-        filters = self.model_filters
-        step = 2 ** len(filters)
-        checks = [
-            (self.architecture in ARCHITECTURES,
-             f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}"),
-            (h > 0 and w > 0 and h % step == 0 and w % step == 0,
-             f"size {h}x{w} must be positive and divisible by {step} (2 ** number of filters)"),
-            (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
-            (len(filters) > 0 and all(f > 0 for f in filters), "filters must be positive numbers"),
-            (self.latent > 0, "latent must be positive"),
-            (self.code_channels > 0, "code_channels must be positive"),
-            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
-            (self.epochs > 0, "epochs must be positive"),
-            (self.batch_size > 0, "batch_size must be positive"),
-            (self.learning_rate > 0, "learning_rate must be positive"),
-            (0 < self.validation_split < 1, "validation_split must be between 0 and 1"),
-            (self.patience > 0, "patience must be positive"),
-            (self.lr_schedule in ("plateau", "cosine", "constant"),
-             f"lr_schedule must be plateau, cosine or constant, got {self.lr_schedule!r}"),
-            (self.score in SCORE_NAMES, f"score must be one of {', '.join(SCORE_NAMES)}, got {self.score!r}"),
-            (0 < self.quantile < 1, "quantile must be between 0 and 1"),
-            (self.margin > 0, "margin must be positive"),
-            (0 <= self.max_unreadable_fraction < 1, "max_unreadable_fraction must be in [0, 1)"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
 
 
 @dataclass
@@ -119,23 +42,6 @@ class TrainingData:
 
     images: list[np.ndarray]
     summary: dict[str, Any]
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive, sorted), by extension."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def read_image(path: Path) -> np.ndarray | None:
-    """Decode an image file as OpenCV does (BGR/BGRA/gray, 8 or 16 bit); None when it cannot."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-        if data.size == 0:
-            return None
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error):
-        return None
-    return image if image is not None and image.size else None
 
 
 def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1) -> TrainingData:
@@ -280,7 +186,7 @@ def fit_autoencoder(train_x: np.ndarray, val_x: np.ndarray, options: TrainOption
     """Train the ConvAE on preprocessed arrays; returns the model (best validation weights) and history."""
     import keras
 
-    from monitor.model.architecture import build_model
+    from monitor.training.architecture import build_model
 
     options.validate()
     _set_seed(options.seed)
@@ -322,12 +228,11 @@ def train_arrays(train_x: np.ndarray, val_x: np.ndarray, options: TrainOptions,
     h, w = options.size
     val_losses = history.get("val_loss", [])
     best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else None
-    options_json = asdict(options)
-    options_json.pop("quiet", None)
+    options_json = options.model_dump(exclude={"quiet"})
     options_json["filters"] = list(options.model_filters)  # resolved: None would hide the architecture's default
     meta: dict[str, Any] = {
-        "format": "anomaly-monitor-bundle",
-        "format_version": 1,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "input": {"height": h, "width": w, "channels": options.channels,
                   "color_order": "gray" if options.channels == 1 else "BGR", "dtype": "float32",
                   "range": [0.0, 1.0]},
@@ -350,12 +255,12 @@ def train_arrays(train_x: np.ndarray, val_x: np.ndarray, options: TrainOptions,
         "data": data_summary or {"images": int(len(train_x) + len(val_x))},
         "versions": library_versions(),
     }
-    bundle = Bundle(path=path or Path("."), model=model, meta=meta)
-    cal = BatchScorer(bundle, max_batch=min(64, max(1, len(val_x)))).score_inputs(val_x).scores
-    meta["score"]["params"] = dict(bundle.score_function().params)
+    uncalibrated = Bundle(path=path or Path("."), model=model, meta=meta)
+    cal = BatchScorer(uncalibrated, max_batch=min(64, max(1, len(val_x)))).score_inputs(val_x).scores
+    meta["score"]["params"] = dict(uncalibrated.score_function().params)
     meta["calibration"]["scores"] = [float(s) for s in cal]
     meta["threshold"]["value"] = default_threshold(cal, options.quantile, options.margin)
-    return bundle, history
+    return Bundle(path=uncalibrated.path, model=model, meta=meta), history
 
 
 def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = None,
@@ -368,7 +273,7 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
     options.validate()
     if progress is None and not options.quiet:
         def progress(line: str) -> None:
-            log.info("training_progress %s", line)
+            log.info('training_progress message="%s"', line)
     elif options.quiet:
         progress = None
     data = load_training_images(Path(data_dir), options.max_unreadable_fraction)
@@ -382,7 +287,7 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
     bundle, history = train_arrays(x[train_idx], x[val_idx], options, progress, data.summary, Path(out_dir))
     saved = save_bundle(out_dir, bundle.model, bundle.meta)
     if options.report:
-        from monitor.model.report import write_training_report
+        from monitor.training.report import write_training_report
 
         write_training_report(saved, history, x[val_idx])
     if progress:
