@@ -46,7 +46,8 @@ def tiny_bundle(workdir: Path) -> Path:
     data = workdir / "normal"
     write_images(data, [normal_image(rng, 32) for _ in range(160)], prefix="n")
     out = workdir / "bundle"
-    train_bundle(data, out, TrainOptions(size=(32, 32), channels=1, epochs=5, seed=0, quiet=True))
+    train_bundle(data, out, TrainOptions(size=(32, 32), channels=1, epochs=5, seed=0, quiet=True, auto=False,
+                                         allow_degenerate=True))
     return out
 
 

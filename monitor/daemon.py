@@ -196,7 +196,11 @@ class Daemon:
 
     def _process(self, frames: list[Frame]) -> None:
         verdicts: list[tuple[Frame, Verdict]] = []
-        for frame, scored, i in self._score_frames(frames):
+        # One scorer call for an untiled batch; a tiled bundle's large images a few per call, since a call
+        # holds each image's stitched maps at working resolution until its verdicts and evidence are done.
+        scored_frames = (item for part in self.scorer.call_groups([f.image for f in frames])
+                         for item in self._score_frames(frames[part]))
+        for frame, scored, i in scored_frames:
             score = float(scored.scores[i])
             anomaly, threshold = self.thresholds[frame.source].judge(score)
             evidence = self._write_evidence(frame, scored, i, score, threshold) if anomaly else None

@@ -16,6 +16,10 @@ from monitor.files import atomic_write, safe_name
 log = logging.getLogger(__name__)
 
 PANEL_MIN_SIDE = 192  # small model inputs are upscaled so a person can see the defect
+# Tiled bundles stitch the whole image back: a 5 MP panel x 3 would be a 15 MP PNG per anomaly. Larger panels
+# are shrunk by a whole factor to at most this side; the heat map by block maximum, so a defect of a few
+# pixels stays a hot spot instead of being averaged into its surroundings.
+PANEL_MAX_SIDE = 1024
 HEADER_HEIGHT = 44
 
 
@@ -34,6 +38,31 @@ def _heat_map(error_map: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(np.clip(scaled * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
 
 
+def _block_max(error_map: np.ndarray, factor: int) -> np.ndarray:
+    """The maximum of each factor x factor block (edges padded by repetition): HxW -> ceil(H/f) x ceil(W/f)."""
+    h, w = error_map.shape
+    ph, pw = -h % factor, -w % factor
+    padded = np.pad(error_map, ((0, ph), (0, pw)), mode="edge")
+    return padded.reshape((h + ph) // factor, factor, (w + pw) // factor, factor).max(axis=(1, 3))
+
+
+def _panels(input_image: np.ndarray, reconstruction: np.ndarray, error_map: np.ndarray) -> list[np.ndarray]:
+    """The three panels at one display size: small ones upscaled, ones beyond PANEL_MAX_SIDE shrunk."""
+    error_map = np.asarray(error_map, dtype=np.float32)
+    h, w = error_map.shape[:2]
+    if max(h, w) > PANEL_MAX_SIDE:
+        factor = int(np.ceil(max(h, w) / PANEL_MAX_SIDE))
+        size = (-(-w // factor), -(-h // factor))
+        shrink = [cv2.resize(_to_bgr_u8(p), size, interpolation=cv2.INTER_AREA)
+                  for p in (input_image, reconstruction)]
+        return [*shrink, _heat_map(_block_max(error_map, factor))]
+    panels = [_to_bgr_u8(input_image), _to_bgr_u8(reconstruction), _heat_map(error_map)]
+    factor = max(1, int(np.ceil(PANEL_MIN_SIDE / max(1, min(h, w)))))
+    factor = max(1, min(factor, PANEL_MAX_SIDE // max(h, w)))  # a thin strip must not grow past the cap
+    size = (w * factor, h * factor)
+    return [cv2.resize(p, size, interpolation=cv2.INTER_NEAREST) for p in panels]
+
+
 def render_evidence(
     input_image: np.ndarray,
     reconstruction: np.ndarray,
@@ -42,13 +71,12 @@ def render_evidence(
     threshold: float,
     title: str = "",
 ) -> np.ndarray:
-    """Compose input | reconstruction | error heat map (inputs in [0, 1]) with score text; BGR uint8."""
-    panels = [_to_bgr_u8(input_image), _to_bgr_u8(reconstruction), _heat_map(error_map)]
-    h, w = panels[0].shape[:2]
-    factor = max(1, int(np.ceil(PANEL_MIN_SIDE / max(1, min(h, w)))))
-    size = (w * factor, h * factor)
-    gap = np.full((size[1], 4, 3), 255, np.uint8)
-    row = [cv2.resize(p, size, interpolation=cv2.INTER_NEAREST) for p in panels]
+    """Compose input | reconstruction | error heat map (inputs in [0, 1]) with score text; BGR uint8.
+
+    Any size: a stitched whole image from a tiled bundle is shrunk to panels of at most PANEL_MAX_SIDE.
+    """
+    row = _panels(input_image, reconstruction, error_map)
+    gap = np.full((row[0].shape[0], 4, 3), 255, np.uint8)
     body = np.hstack([row[0], gap, row[1], gap, row[2]])
     header = np.full((HEADER_HEIGHT, body.shape[1], 3), 32, np.uint8)
     verdict = "ANOMALY" if score > threshold else "normal"

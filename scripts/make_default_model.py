@@ -46,7 +46,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     # The texture settings: on the texture protocol they beat the seeds' method and PCA (benchmarks/quality.py).
-    options = TrainOptions(size=(SIZE, SIZE), channels=1, seed=SEED, quiet=args.quiet, **TEXTURE_SETTINGS)
+    options = TrainOptions(size=(SIZE, SIZE), channels=1, seed=SEED, quiet=args.quiet, auto=False,
+                           **TEXTURE_SETTINGS)
     with tempfile.TemporaryDirectory(prefix="brick-crops-") as tmp:
         for i, crop in enumerate(brick_crops()):
             cv2.imwrite(str(Path(tmp) / f"brick_{i:04d}.png"), crop)

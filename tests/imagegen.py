@@ -42,3 +42,20 @@ def encode(image: np.ndarray, ext: str = ".png") -> bytes:
     ok, buf = cv2.imencode(ext, image)
     assert ok
     return buf.tobytes()
+
+
+def colour_part(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A warm-coloured smooth part (BGR): the normal gradient, tinted."""
+    gray = normal_image(rng, size).astype(np.float32)
+    return np.clip(gray[..., None] * np.array([1.0, 0.9, 0.75], np.float32), 0, 255).astype(np.uint8)
+
+
+def colour_stain(image: np.ndarray, rng: np.random.Generator, amplitude: float = 8.0) -> np.ndarray:
+    """A faint smooth greenish stain that keeps the brightness: nothing an autoencoder fails to reconstruct."""
+    size = image.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(size * 0.3, size * 0.7, 2)
+    sigma = rng.uniform(size / 8, size / 5)
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma * sigma))[..., None]
+    shift = np.array([-1.0, 1.0, -1.0], np.float32) * amplitude
+    return np.clip(image.astype(np.float32) + blob * shift, 0, 255).astype(np.uint8)

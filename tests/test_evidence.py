@@ -48,6 +48,24 @@ def test_colour_inputs_are_rendered_in_colour():
     assert not np.array_equal(body[:, :, 0], body[:, :, 2])
 
 
+def test_a_large_stitched_image_is_shrunk_to_panels_of_at_most_1024_pixels():
+    inp = np.full((1500, 2000, 1), 0.5, np.float32)
+    image = render_evidence(inp, inp, np.zeros((1500, 2000), np.float32), 0.2, 0.1)
+    assert image.shape[:2] == (HEADER_HEIGHT + 750, 3 * 1000 + 8)  # 2000 px shrunk by 2
+
+
+def test_a_4px_defect_stays_a_hot_spot_in_a_shrunk_heat_map():
+    err = np.zeros((1944, 2592), np.float32)
+    err[1000:1004, 2000:2004] = 1.0  # 16 px of 5 MP; shrunk by 3, an average would dim it to a ninth or less
+    image = render_evidence(np.zeros((1944, 2592, 1), np.float32), np.zeros((1944, 2592, 1), np.float32), err,
+                            0.2, 0.1)
+    panel = (image.shape[1] - 8) // 3
+    heat = image[HEADER_HEIGHT:, 2 * (panel + 4):]
+    hottest = cv2.applyColorMap(np.array([[255]], np.uint8), cv2.COLORMAP_INFERNO)[0, 0]
+    y, x = 1000 // 3, 2000 // 3
+    np.testing.assert_array_equal(heat[y, x], hottest)
+
+
 def test_store_writes_png_named_by_time_source_and_input(tmp_path):
     store = EvidenceStore(tmp_path, max_files=10)
     path = store.save(np.zeros((8, 8, 3), np.uint8), "line 1", time.time(), "part/../x 7")

@@ -15,8 +15,9 @@ from monitor.cli import main
 from monitor.model.bundle import META_FILE, load_bundle
 from monitor.training.train import TrainingDataError, TrainOptions, train_bundle
 
+# The fixed defaults (auto off) and two epochs: these tests check what training does, not how well.
 FAST = dict(size=(16, 16), channels=1, filters=(8, 16), latent=4, epochs=2, batch_size=16, seed=3, quiet=True,
-            report=False)
+            report=False, auto=False, allow_degenerate=True)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_cli_train_takes_flags_over_the_config_training_section(small_dir, tmp_p
                    "  learning_rate: 2e-3\n  seed: 1\n")
     out = tmp_path / "cli_bundle"
     assert main(["train", str(small_dir), "--out", str(out), "--config", str(cfg), "--epochs", "1",
-                 "--no-report"]) == 0
+                 "--no-report", "--no-auto", "--allow-degenerate"]) == 0
     opts = load_bundle(out).meta["training"]["options"]
     assert opts["epochs"] == 1 and opts["learning_rate"] == 2e-3 and opts["latent"] == 4
     err = capsys.readouterr().err
@@ -130,7 +131,8 @@ def test_cli_train_takes_flags_over_the_config_training_section(small_dir, tmp_p
 
 def test_cli_train_quiet_prints_no_progress(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
     assert main(["train", str(small_dir), "--out", str(tmp_path / "q"), "--size", "16", "--filters", "8,16",
-                 "--latent", "4", "--epochs", "1", "--quiet", "--no-report"]) == 0
+                 "--latent", "4", "--epochs", "1", "--quiet", "--no-report", "--no-auto",
+                 "--allow-degenerate"]) == 0
     assert "epoch" not in capsys.readouterr().err
 
 
@@ -191,7 +193,7 @@ def test_cli_train_takes_architecture_loss_and_code_channels(small_dir, tmp_path
     out = tmp_path / "conv_cli"
     assert main(["train", str(small_dir), "--out", str(out), "--size", "16", "--architecture", "conv",
                  "--filters", "8,16", "--code-channels", "3", "--loss", "ssim", "--flip", "--epochs", "1", "--quiet",
-                 "--no-report"]) == 0
+                 "--no-report", "--no-auto", "--allow-degenerate"]) == 0
     meta = load_bundle(out).meta
     arch = meta["architecture"]
     assert (arch["name"], arch["code_channels"], arch["loss"]) == ("conv", 3, "ssim")

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from monitor.model.scores import SCORE_NAMES, ScoreFunction, get_score
+from monitor.model.tiling import default_stride
 from monitor.schema import StrictModel, error_message, key_path
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,40 @@ class ThresholdMeta(_Section):
     method: str | None = None
 
 
+class TilingMeta(StrictModel):
+    """Score in overlapping tiles of the model input's size at working resolution (image size x scale).
+
+    Strict: a misspelt key here would silently change how every image is scored.
+    """
+
+    scale: float = Field(strict=True, gt=0, le=1, allow_inf_nan=False)
+    stride: tuple[PositiveInt, PositiveInt] | None = None  # (rows, columns); None: half a tile
+
+
+class DensityMeta(StrictModel):
+    """A second score combined with the residual (monitor/model/density.py): a Gaussian of normal features.
+
+    The combined map is max(residual map / residual_scale, density map / density_scale) and the image score
+    its maximum; the parameters live in `file` beside the model.
+    """
+
+    mode: Literal["shared", "local"]
+    file: str = "density.npz"
+    residual_scale: float = Field(strict=True, gt=0, allow_inf_nan=False)
+    density_scale: float = Field(strict=True, gt=0, allow_inf_nan=False)
+
+    @field_validator("file")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        return _plain_file_name(value)
+
+
+def _plain_file_name(value: str) -> str:
+    if not value or value in (".", "..") or "/" in value or "\\" in value:
+        raise ValueError(f"must be a file name inside the bundle folder, got {value!r}")
+    return value
+
+
 class BundleMeta(_Section):
     """The sidecar (bundle.json) as the daemon reads it."""
 
@@ -104,6 +139,8 @@ class BundleMeta(_Section):
     score: ScoreMeta = Field(default_factory=ScoreMeta)
     calibration: CalibrationMeta
     threshold: ThresholdMeta
+    tiling: TilingMeta | None = None  # absent: the whole image is resized to the model input
+    density: DensityMeta | None = None  # absent: the residual score alone
     # Informational: shown by `monitor info`, never needed to score.
     preprocessing: dict[str, Any] | None = None
     architecture: dict[str, Any] | None = None
@@ -118,12 +155,23 @@ class BundleMeta(_Section):
             raise ValueError(f"version {value} is newer than this monitor reads ({FORMAT_VERSION})")
         return value
 
+    @field_validator("tiling")
+    @classmethod
+    def _stride_within_a_tile(cls, value: TilingMeta | None, info: ValidationInfo) -> TilingMeta | None:
+        model_input = info.data.get("input")
+        if value is None or value.stride is None or model_input is None:
+            return value
+        sh, sw = value.stride
+        if sh > model_input.height or sw > model_input.width:
+            raise ValueError(f"stride {sh}x{sw} is larger than the tile (the model input "
+                             f"{model_input.height}x{model_input.width}): pixels between tiles would never "
+                             "be scored")
+        return value
+
     @field_validator("model_file")
     @classmethod
-    def _plain_file_name(cls, value: str) -> str:
-        if not value or value in (".", "..") or "/" in value or "\\" in value:
-            raise ValueError(f"must be a file name inside the bundle folder, got {value!r}")
-        return value
+    def _model_file_name(cls, value: str) -> str:
+        return _plain_file_name(value)
 
 
 def parse_meta(meta: Any, where: str | Path) -> BundleMeta:
@@ -153,10 +201,14 @@ class Bundle:
     model: Any  # keras.Model (kept untyped so this module imports without Keras)
     meta: dict
     sidecar: BundleMeta = field(default=None, repr=False)  # type: ignore[assignment]  # None: from meta
+    density: Any = field(default=None, repr=False)  # FeatureGaussian when the sidecar has `density`
 
     def __post_init__(self) -> None:
         if self.sidecar is None:
             self.sidecar = parse_meta(self.meta, Path(self.path) / META_FILE)
+        if (self.sidecar.density is None) != (self.density is None):
+            raise BundleError(f"{Path(self.path) / META_FILE}: density: the sidecar and the density parameters "
+                              "must come together")
 
     @property
     def height(self) -> int:
@@ -169,6 +221,19 @@ class Bundle:
     @property
     def channels(self) -> int:
         return self.sidecar.input.channels
+
+    @property
+    def tiling(self) -> TilingMeta | None:
+        """The tiling section, or None: the whole image is resized to the model input."""
+        return self.sidecar.tiling
+
+    @property
+    def tile_stride(self) -> tuple[int, int]:
+        """The tiles' stride (rows, columns): the sidecar's, else half a tile."""
+        tiling = self.sidecar.tiling
+        if tiling is not None and tiling.stride is not None:
+            return tiling.stride
+        return default_stride((self.height, self.width))
 
     @property
     def score_name(self) -> str:
@@ -199,9 +264,14 @@ class Bundle:
         return default_threshold(self.calibration_scores, self.threshold_quantile, self.threshold_margin)
 
     def describe(self) -> str:
-        """One line for logs: size, channels, score, threshold."""
-        return (f"bundle={self.path} input={self.height}x{self.width}x{self.channels} "
-                f"score={self.score_name} "
+        """One line for logs: size, channels, tiling, score, threshold."""
+        tiling = ""
+        if self.tiling is not None:
+            sh, sw = self.tile_stride
+            tiling = f"tiling=scale:{self.tiling.scale:g},stride:{sh}x{sw} "
+        density = f"+density:{self.sidecar.density.mode}" if self.sidecar.density is not None else ""
+        return (f"bundle={self.path} input={self.height}x{self.width}x{self.channels} {tiling}"
+                f"score={self.score_name}{density} "
                 f"quantile={self.threshold_quantile} margin={self.threshold_margin} "
                 f"threshold={self.default_threshold:.6g}")
 
@@ -250,9 +320,24 @@ def load_bundle(path: str | Path) -> Bundle:
     if out_shape != want:
         raise BundleError(f"{path}: model output shape {out_shape} is not a reconstruction of its "
                           f"input {want}")
-    bundle = Bundle(path=path, model=model, meta=meta, sidecar=sidecar)
+    bundle = Bundle(path=path, model=model, meta=meta, sidecar=sidecar, density=_load_density(path, sidecar))
     log.info("bundle_loaded %s", bundle.describe())
     return bundle
+
+
+def _load_density(path: Path, sidecar: BundleMeta) -> Any:
+    if sidecar.density is None:
+        return None
+    from monitor.model.density import FeatureGaussian
+
+    file = path / sidecar.density.file
+    try:
+        gaussian = FeatureGaussian.load(path, sidecar.density.file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{file}: cannot load the density parameters: {exc}") from None
+    if gaussian.mode != sidecar.density.mode:
+        raise BundleError(f"{file}: holds mode {gaussian.mode!r}, the sidecar says {sidecar.density.mode!r}")
+    return gaussian
 
 
 def library_versions() -> dict[str, str]:
@@ -290,8 +375,8 @@ def _inference_copy(model: Any) -> Any:
     return copy
 
 
-def save_bundle(path: str | Path, model: Any, meta: dict) -> Bundle:
-    """Write model.keras and bundle.json into `path` (each to a temp file, then renamed into place)."""
+def save_bundle(path: str | Path, model: Any, meta: dict, density: Any = None) -> Bundle:
+    """Write model.keras (and the density parameters) then bundle.json into `path`, each renamed into place."""
     path = Path(path)
     meta = dict(meta)
     meta.setdefault("format", FORMAT)
@@ -309,9 +394,12 @@ def save_bundle(path: str | Path, model: Any, meta: dict) -> Bundle:
         tmp_model = tmp_dir / MODEL_FILE  # Keras insists on the .keras suffix
         _inference_copy(model).save(tmp_model)
         os.replace(tmp_model, path / MODEL_FILE)
+        if density is not None:
+            name = sidecar.density.file if sidecar.density is not None else "density.npz"
+            os.replace(density.save(tmp_dir, name), path / name)
         tmp_meta = tmp_dir / META_FILE
         tmp_meta.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n", encoding="utf-8")
         os.replace(tmp_meta, path / META_FILE)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    return Bundle(path=path, model=model, meta=json.loads(json.dumps(meta, default=_json_default)))
+    return Bundle(path=path, model=model, meta=json.loads(json.dumps(meta, default=_json_default)), density=density)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from monitor.model.tiling import working_size
+
 PREPROCESSING = {
     "resize": "cv2.INTER_AREA",
     "scale": "uint8 / 255, uint16 / 65535, float clipped to [0, 1]",
@@ -49,6 +51,26 @@ def to_model_input(image: np.ndarray, height: int, width: int, channels: int) ->
     x = _convert_channels(_to_unit_float(image), channels)
     if x.shape[0] != height or x.shape[1] != width:
         x = cv2.resize(x, (width, height), interpolation=cv2.INTER_AREA)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def to_working_image(image: np.ndarray, scale: float, channels: int) -> np.ndarray:
+    """A decoded image as float32 HxWxC in [0, 1] at working resolution: each side x `scale` (INTER_AREA).
+
+    The same conversion as `to_model_input` (unit range, then channels, then resize), only to a size set
+    by the scale instead of the model input: tiled bundles cut their tiles from this image.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image = np.asarray(image)
+    if image.size == 0 or image.ndim < 2:
+        raise ValueError(f"empty or malformed image of shape {image.shape}")
+    x = _convert_channels(_to_unit_float(image), channels)
+    h, w = working_size(x.shape[0], x.shape[1], scale)
+    if (h, w) != x.shape[:2]:
+        x = cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA)
     if x.ndim == 2:
         x = x[:, :, None]
     return np.ascontiguousarray(x, dtype=np.float32)

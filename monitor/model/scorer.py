@@ -1,28 +1,47 @@
-"""The batched scorer: preprocessing, one compiled forward pass of a fixed padded shape, scores."""
+"""The batched scorer: preprocessing, one compiled forward pass of a fixed padded shape, scores.
+
+A bundle without tiling resizes each image to the model input. A tiled bundle (`tiling` in its sidecar) cuts
+each image, at working resolution, into overlapping tiles of the model input's size; the tiles of all the
+images of a call are fed through the same fixed-shape batches (so the graph is still traced once and a
+batch is full even when one image has few tiles), and each image's results are stitched back (monitor/model/
+tiling.py): its score is the worst tile's, its error map the maximum over overlapping tiles.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 from monitor.model.bundle import Bundle
-from monitor.model.preprocess import to_model_batch
+from monitor.model.preprocess import to_model_batch, to_working_image
+from monitor.model.tiling import TileCanvas, pad, tile_grid, working_size
 
 log = logging.getLogger(__name__)
+
+# Working-resolution pixels one tiled `score` call may stitch: the call returns each image's input,
+# reconstruction and error map at that size (12 bytes a pixel in gray, 28 in colour), so 16 M pixels hold
+# about 200-450 MB: three 5 MP images, or 32 images of 512x512.
+TILED_PIXELS_PER_CALL = 16_000_000
 
 
 @dataclass
 class ScoredBatch:
-    """Scores of N images with what the evidence needs."""
+    """Scores of N images with what the evidence needs; `x[i]` is image i's array in either layout.
 
-    inputs: np.ndarray  # float32 NxHxWxC in [0, 1], the model's input
-    reconstructions: np.ndarray  # float32 NxHxWxC in [0, 1]
-    error_maps: np.ndarray  # float32 NxHxW, the per-pixel error the score reduces
-    scores: np.ndarray  # float64 N
+    Without tiling the arrays are stacked at the model input size (NxHxWxC, NxHxW). With tiling they are
+    lists with one array per image at its working resolution, since images of a batch may differ in size.
+    """
+
+    inputs: np.ndarray | list[np.ndarray]  # float32 HxWxC in [0, 1], what the model saw
+    reconstructions: np.ndarray | list[np.ndarray]  # float32 HxWxC in [0, 1] (tiles averaged where they overlap)
+    error_maps: np.ndarray | list[np.ndarray]  # float32 HxW, the per-pixel error (tiles: their maximum)
+    scores: np.ndarray  # float64 N (tiles: the worst tile's score)
+    tiles: np.ndarray | None = None  # int N: tiles scored per image (1 without tiling)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -52,25 +71,116 @@ class BatchScorer:
         self.score_fn = bundle.score_function()
         shape = (self.max_batch, bundle.height, bundle.width, bundle.channels)
         model, score_fn = bundle.model, self.score_fn
+        combine = self._combined_map(bundle)
 
         # A fixed input signature: every call (padded to max_batch) reuses the one traced graph.
         @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], reduce_retracing=False)
         def forward(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             r = model(x, training=False)
             maps = score_fn.error_map(x, r)
+            if combine is not None:
+                maps = combine(x, maps)
+                return r, maps, tf.reduce_max(maps, axis=[1, 2])
             return r, maps, score_fn.reduce(maps)
 
         self._forward = forward
-        log.info("scorer_ready device=%s max_batch=%d input=%dx%dx%d score=%s", self.device, self.max_batch,
-                 bundle.height, bundle.width, bundle.channels, bundle.score_name)
+        tiling = "none"
+        if bundle.tiling is not None:
+            tiling = "scale:{:g},stride:{}x{}".format(bundle.tiling.scale, *bundle.tile_stride)
+        log.info("scorer_ready device=%s max_batch=%d input=%dx%dx%d score=%s tiling=%s", self.device,
+                 self.max_batch, bundle.height, bundle.width, bundle.channels, bundle.score_name, tiling)
+
+    @staticmethod
+    def _combined_map(bundle: Bundle):  # noqa: ANN205 - a TensorFlow closure
+        """(x, residual map) -> the combined map, when the bundle has a density score; else None."""
+        meta = bundle.sidecar.density
+        if meta is None:
+            return None
+        from monitor.model.density import combine_maps, feature_model, location_features
+
+        extractor, gaussian = feature_model(bundle.model), bundle.density
+
+        def combine(x: tf.Tensor, residual: tf.Tensor) -> tf.Tensor:
+            feats = extractor(x, training=False)
+            feats = list(feats) if isinstance(feats, list | tuple) else [feats]
+            distances = gaussian.distance_map(location_features(feats, x, gaussian.colour_sigma))
+            return combine_maps(residual, distances, meta.residual_scale, meta.density_scale)
+
+        return combine
+
+    def call_groups(self, images: Sequence[np.ndarray]) -> list[slice]:
+        """Consecutive runs of `images`, each to pass to one `score` call, so a call's memory stays bounded.
+
+        Untiled: runs of max_batch. Tiled: as many images as fit TILED_PIXELS_PER_CALL working pixels (at
+        least one, at most max_batch): large images a few at a time, small ones many, their tiles sharing
+        batches either way.
+        """
+        if self.bundle.tiling is None:
+            return [slice(i, i + self.max_batch) for i in range(0, len(images), self.max_batch)]
+        th, tw = self.bundle.height, self.bundle.width
+        groups, start, pixels = [], 0, 0
+        for i, image in enumerate(images):
+            shape = np.shape(image)  # a malformed image counts as one tile here; `score` says what is wrong
+            h, w = working_size(shape[0], shape[1], self.bundle.tiling.scale) if len(shape) >= 2 else (th, tw)
+            size = max(h, th) * max(w, tw)
+            if i > start and (pixels + size > TILED_PIXELS_PER_CALL or i - start >= self.max_batch):
+                groups.append(slice(start, i))
+                start, pixels = i, 0
+            pixels += size
+        if start < len(images):
+            groups.append(slice(start, len(images)))
+        return groups
 
     def score(self, images: list[np.ndarray]) -> ScoredBatch:
-        """Preprocess and score raw decoded images (any size, gray/BGR/BGRA, uint8/uint16)."""
+        """Preprocess and score raw decoded images (any size, gray/BGR/BGRA, uint8/uint16).
+
+        The one path every caller takes (daemon, `monitor score`, `monitor evaluate`, calibration at
+        training), so their scores agree.
+        """
         b = self.bundle
+        if b.tiling is not None:
+            return self._score_tiled(list(images))
         return self.score_inputs(to_model_batch(list(images), b.height, b.width, b.channels))
 
+    def _score_tiled(self, images: list[np.ndarray]) -> ScoredBatch:
+        """Tiles of every image through shared fixed-shape batches, then stitched back per image."""
+        b = self.bundle
+        assert b.tiling is not None
+        th, tw = b.height, b.width
+        works = [to_working_image(im, b.tiling.scale, b.channels) for im in images]
+        grids = [tile_grid(w.shape[0], w.shape[1], (th, tw), b.tile_stride) for w in works]
+        canvases = [TileCanvas(g, b.channels) for g in grids]
+        batch = np.empty((self.max_batch, th, tw, b.channels), np.float32)
+        owners: list[tuple[int, int]] = []  # (image, tile) of each row of `batch`
+
+        def flush() -> None:
+            out = self.score_inputs(batch[:len(owners)])
+            for row, (i, k) in enumerate(owners):
+                canvases[i].add(k, out.reconstructions[row], out.error_maps[row], float(out.scores[row]))
+            owners.clear()
+
+        # Rows are copied one tile at a time: a 5 MP image has thousands of tiles, and stacking them all at
+        # once would hold every tile of every image in memory; this holds one batch.
+        for i, (work, grid) in enumerate(zip(works, grids, strict=True)):
+            padded = pad(work, grid)
+            for k, (y, x) in enumerate(grid.positions):
+                batch[len(owners)] = padded[y:y + th, x:x + tw]
+                owners.append((i, k))
+                if len(owners) == self.max_batch:
+                    flush()
+        if owners:
+            flush()
+        # The stitched input would be the working image itself (tiles are exact copies of it): kept as is.
+        return ScoredBatch(inputs=works, reconstructions=[c.mean() for c in canvases],
+                           error_maps=[c.maximum() for c in canvases],
+                           scores=np.array([c.score() for c in canvases], np.float64),
+                           tiles=np.array([len(g) for g in grids], np.int64))
+
     def score_inputs(self, inputs: np.ndarray) -> ScoredBatch:
-        """Score already preprocessed NxHxWxC float32 inputs, in chunks of max_batch (last one padded)."""
+        """Score already preprocessed NxHxWxC float32 inputs, in chunks of max_batch (last one padded).
+
+        Each input is one model input; for a tiled bundle, one tile (no tiling is applied here).
+        """
         b = self.bundle
         inputs = np.asarray(inputs, dtype=np.float32)
         n = inputs.shape[0]
@@ -87,4 +197,5 @@ class BatchScorer:
             recons[start:start + k] = r.numpy()[:k]
             maps[start:start + k] = m.numpy()[:k]
             scores[start:start + k] = s.numpy()[:k].astype(np.float64)
-        return ScoredBatch(inputs=inputs, reconstructions=recons, error_maps=maps, scores=scores)
+        return ScoredBatch(inputs=inputs, reconstructions=recons, error_maps=maps, scores=scores,
+                           tiles=np.ones(n, np.int64))

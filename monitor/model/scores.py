@@ -149,3 +149,8 @@ def get_score(name: str, params: dict[str, Any] | None = None) -> ScoreFunction:
     if name not in _FACTORIES:
         raise KeyError(f"unknown score {name!r} (known: {', '.join(SCORE_NAMES)})")
     return _FACTORIES[name](**(params or {}))
+
+
+def blur_maps(maps: tf.Tensor, sigma: float) -> tf.Tensor:
+    """Separable Gaussian blur of NxHxW maps (reflect padding), for other modules' maps."""
+    return _blur(maps, sigma)

@@ -43,6 +43,11 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "score": ("--score", "anomaly score stored in the bundle (mse, smooth_max, ...)"),
     "quantile": ("--quantile", "threshold quantile of the validation scores"),
     "margin": ("--margin", "threshold = margin x quantile"),
+    "scale": ("--scale", "tiled scoring: resize images by this factor in (0, 1] (1: native) to the working "
+              "resolution and score them in overlapping tiles; image score = worst tile"),
+    "tile": ("--tile", "tiled scoring: tile size HxW, the model input (default 64x64)"),
+    "stride": ("--stride", "tiled scoring: pixels between tiles HxW (default half a tile)"),
+    "crops": ("--crops", "tiled training: random tile crops per training image per epoch (default 8)"),
 }
 _SWITCHES = {"flip"}
 
@@ -96,6 +101,8 @@ def training_options(args: argparse.Namespace) -> TrainOptions:
     flags = {name: getattr(args, name) for name in _TRAIN_FLAGS if getattr(args, name) is not None}
     flags.update({"quiet": True} if args.quiet else {})
     flags.update({"report": False} if args.no_report else {})
+    flags.update({"auto": False} if args.no_auto else {})
+    flags.update({"allow_degenerate": True} if args.allow_degenerate else {})
     layers += [(section, in_file), (flags, _flag_label)]
     return merge_options(layers)
 
@@ -115,8 +122,11 @@ def _train(args: argparse.Namespace) -> int:
                               progress=None if args.quiet else progress)
     except TrainingDataError as exc:
         return _err(str(exc))
-    print(f"bundle {bundle.path}: {bundle.height}x{bundle.width}x{bundle.channels} score={bundle.score_name} "
-          f"threshold={bundle.default_threshold:.6g}")
+    tiling = ""
+    if bundle.tiling is not None:
+        tiling = " tiles at scale {:g}, stride {}x{}".format(bundle.tiling.scale, *bundle.tile_stride)
+    print(f"bundle {bundle.path}: {bundle.height}x{bundle.width}x{bundle.channels}{tiling} "
+          f"score={bundle.score_name} threshold={bundle.default_threshold:.6g}")
     return 0
 
 
@@ -143,6 +153,8 @@ def _load(bundle_dir: str) -> Any:
 
 
 def _score(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from monitor.images import read_image
     from monitor.model.bundle import BundleError
     from monitor.model.scorer import BatchScorer
@@ -169,7 +181,9 @@ def _score(args: argparse.Namespace) -> int:
             images.append(image)
         if not images:
             continue
-        for p, s in zip(chunk, scorer.score(images).scores, strict=True):
+        # BatchScorer.score, as the daemon; a tiled bundle's large images a few per call (bounded memory).
+        scores = np.concatenate([scorer.score(images[part]).scores for part in scorer.call_groups(images)])
+        for p, s in zip(chunk, scores, strict=True):
             anomaly = bool(s > threshold)
             if args.json:
                 print(json.dumps({"path": str(p), "score": float(s), "threshold": threshold,
@@ -227,6 +241,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         else:
             p.add_argument(flag, dest=name, default=None, help=help_text)
     p.add_argument("--no-report", action="store_true", help="skip the training report (plots)")
+    p.add_argument("--allow-degenerate", action="store_true",
+                   help="save a model that fails the health check (logged and recorded) instead of refusing it")
+    p.add_argument("--no-auto", action="store_true",
+                   help="do not choose settings, architecture and score from the data: the fixed defaults (seed "
+                        "architecture, 64x64 gray, mse) for every option not given")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_train)
 

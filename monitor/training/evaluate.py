@@ -14,7 +14,7 @@ import numpy as np
 from monitor.evidence import render_evidence
 from monitor.images import list_images, read_image
 from monitor.model.bundle import Bundle
-from monitor.model.scorer import BatchScorer, ScoredBatch
+from monitor.model.scorer import BatchScorer
 from monitor.training.quality import (
     Detection,
     auroc,
@@ -47,6 +47,7 @@ class Evaluation:
     n_anomaly: int
     seconds: float
     images_per_second: float
+    tiles_per_second: float = 0.0  # model inputs per second: images/s without tiling
     unreadable: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -62,7 +63,7 @@ class Evaluation:
             "f1": self.at_threshold.f1, "at_threshold": self.at_threshold.to_json(),
             "best_f1": self.best.to_json(), "counts": {"normal": self.n_normal, "anomaly": self.n_anomaly},
             "unreadable": self.unreadable, "seconds": self.seconds,
-            "images_per_second": self.images_per_second,
+            "images_per_second": self.images_per_second, "tiles_per_second": self.tiles_per_second,
             "report": self.report,
         }
         if per_image:
@@ -97,33 +98,45 @@ def evaluate_folders(bundle: Bundle, normal_dir: Path, anomaly_dir: Path, max_ba
     n_paths, n_images, n_bad = _read_folder(Path(normal_dir), "normal")
     a_paths, a_images, a_bad = _read_folder(Path(anomaly_dir), "anomaly")
     scorer = BatchScorer(bundle, max_batch=max_batch)
+    images = n_images + a_images
     scorer.score(n_images[:1])  # trace the graph outside the timed part
     start = time.monotonic()
-    out = scorer.score(n_images + a_images)
+    # BatchScorer.score, as the daemon and `monitor score`, in calls of bounded memory: only the scores are
+    # kept (a tiled call's stitched maps are large); the report re-scores the few images it shows.
+    outs = [scorer.score(images[part]) for part in scorer.call_groups(images)]
     seconds = time.monotonic() - start
+    scores = np.concatenate([o.scores for o in outs])
+    tiles = int(sum(int(np.sum(o.tiles)) for o in outs))
+    del outs
     labels = np.r_[np.zeros(len(n_images), int), np.ones(len(a_images), int)]
     threshold = bundle.default_threshold
     result = Evaluation(
         bundle=str(bundle.path), score_name=bundle.score_name, threshold=threshold,
-        auroc=auroc(out.scores, labels), average_precision=average_precision(out.scores, labels),
-        at_threshold=detection_at(out.scores, labels, threshold), best=best_f1(out.scores, labels),
+        auroc=auroc(scores, labels), average_precision=average_precision(scores, labels),
+        at_threshold=detection_at(scores, labels, threshold), best=best_f1(scores, labels),
         n_normal=len(n_images), n_anomaly=len(a_images), seconds=round(seconds, 4),
         images_per_second=round(len(labels) / seconds, 1) if seconds > 0 else float("inf"),
+        tiles_per_second=round(tiles / seconds, 1) if seconds > 0 else float("inf"),
         unreadable=n_bad + a_bad, paths=[str(p) for p in n_paths + a_paths],
-        scores=[float(s) for s in out.scores], labels=[int(v) for v in labels])
+        scores=[float(s) for s in scores], labels=[int(v) for v in labels])
     if report_dir is not None:
-        write_evaluation_report(result, out, Path(report_dir), worst)
+        write_evaluation_report(result, scorer, images, Path(report_dir), worst)
         result.report = str(report_dir)
     return result
 
 
-def _render(out: ScoredBatch, i: int, threshold: float, title: str) -> np.ndarray:
-    return render_evidence(out.inputs[i], out.reconstructions[i], out.error_maps[i], float(out.scores[i]),
+def _render(scorer: BatchScorer, image: np.ndarray, threshold: float, title: str) -> np.ndarray:
+    out = scorer.score([image])
+    return render_evidence(out.inputs[0], out.reconstructions[0], out.error_maps[0], float(out.scores[0]),
                            threshold, title)
 
 
-def write_evaluation_report(result: Evaluation, out: ScoredBatch, folder: Path, worst: int = 5) -> None:
-    """Histogram, ROC and PR curves, worst false positives/negatives as evidence images, figures.json."""
+def write_evaluation_report(result: Evaluation, scorer: BatchScorer, images: list[np.ndarray], folder: Path,
+                            worst: int = 5) -> None:
+    """Histogram, ROC and PR curves, worst false positives/negatives as evidence images, figures.json.
+
+    `images` are the decoded images in `result.paths` order; the evidence images re-score the few shown.
+    """
     from monitor.training.report import plot_roc_pr, plot_score_histogram
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +151,7 @@ def write_evaluation_report(result: Evaluation, out: ScoredBatch, folder: Path, 
     for kind, idx in (("false_positive", fp), ("false_negative", fn)):
         for rank, i in enumerate(idx, 1):
             name = Path(result.paths[i]).name
-            image = _render(out, int(i), result.threshold, f"{kind.replace('_', ' ')}: {name}")
+            image = _render(scorer, images[int(i)], result.threshold, f"{kind.replace('_', ' ')}: {name}")
             cv2.imwrite(str(folder / f"{kind}_{rank:02d}_{Path(name).stem}.png"), image)
     (folder / "figures.json").write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
 
@@ -156,7 +169,8 @@ def format_evaluation(r: Evaluation) -> str:
         f"F1 {d.f1:.3f}  [TP {d.tp}, FP {d.fp}, TN {d.tn}, FN {d.fn}]",
         f"best F1    {b.f1:.3f} at threshold {b.threshold:.6g}: precision {b.precision:.3f}, "
         f"recall {b.recall:.3f}  (chosen with the labels; for comparison only)",
-        f"throughput {r.images_per_second:.1f} images/s ({r.seconds:.3f} s for {r.n_normal + r.n_anomaly})",
+        f"throughput {r.images_per_second:.1f} images/s ({r.seconds:.3f} s for {r.n_normal + r.n_anomaly})"
+        + (f", {r.tiles_per_second:.1f} tiles/s" if r.tiles_per_second != r.images_per_second else ""),
     ]
     if r.report:
         lines.append(f"report     {r.report}")

@@ -7,6 +7,42 @@ import numpy as np
 from monitor.model.bundle import Bundle
 
 
+def _tiling(bundle: Bundle) -> str:
+    if bundle.tiling is None:
+        return f"none (each image is resized whole to {bundle.height}x{bundle.width})"
+    sh, sw = bundle.tile_stride
+    return (f"images resized by scale {bundle.tiling.scale:g} to the working resolution, scored in "
+            f"{bundle.height}x{bundle.width} tiles at stride {sh}x{sw}; image score = worst tile")
+
+
+def _density(bundle: Bundle) -> str:
+    density = bundle.sidecar.density
+    if density is None:
+        return ""
+    return (f", combined with a {density.mode} feature density (each map over its median normal maximum: "
+            f"residual {density.residual_scale:.4g}, density {density.density_scale:.4g}; image score = maximum)")
+
+
+def _choices(training: dict) -> list[str]:
+    """What `monitor train` chose from the data, and why; the score chosen on synthetic defects."""
+    lines = []
+    auto = training.get("auto") or {}
+    for key, reason in (auto.get("reasons") or {}).items():
+        if key in (auto.get("applied") or auto.get("settings") or {}):
+            lines.append(f"chosen      {key}: {reason}")
+    selection = training.get("selection")
+    if selection:
+        rates = ", ".join(f"{k} {v:.0%}" for k, v in selection.get("per_family", {}).items())
+        lines.append(f"selection   {selection['chosen']} of {len(selection.get('trials', []))} candidates: AUROC "
+                     f"{selection['auroc']:.4f} on {selection['normal_inputs']} held-out normal inputs vs "
+                     f"{selection['synthetic_defects']} synthetic defects; expected detection rate "
+                     f"{selection['expected_detection_rate']:.0%} ({rates})")
+    health = training.get("health")
+    if health:
+        lines.append("health      " + ("ok" if health.get("ok") else "; ".join(health.get("problems", []))))
+    return lines
+
+
 def format_info(bundle: Bundle) -> str:
     """Human-readable summary of a bundle: input, score, threshold, training, data, versions."""
     m = bundle.meta
@@ -16,8 +52,9 @@ def format_info(bundle: Bundle) -> str:
         f"bundle      {bundle.path}",
         f"input       {bundle.height}x{bundle.width}x{bundle.channels} "
         f"({m.get('input', {}).get('color_order', '?')}, float32 in [0, 1])",
-        f"preprocess  {', '.join(f'{k}={v}' for k, v in m.get('preprocessing', {}).items())}",
-        f"score       {bundle.score_name} {bundle.score_params or ''}".rstrip(),
+        f"preprocess  {', '.join(f'{k}={v}' for k, v in (m.get('preprocessing') or {}).items())}",
+        f"tiling      {_tiling(bundle)}",
+        f"score       {bundle.score_name} {bundle.score_params or ''}".rstrip() + _density(bundle),
         f"threshold   {bundle.default_threshold:.6g} = margin {bundle.threshold_margin} x quantile "
         f"{bundle.threshold_quantile} of {len(cal)} calibration scores"
         + (f" ({thr['method']})" if thr.get("method") else ""),
@@ -41,6 +78,7 @@ def format_info(bundle: Bundle) -> str:
         if hist.get("loss"):
             best = min(hist.get("val_loss", [np.nan]))
             lines.append(f"loss        final {hist['loss'][-1]:.6g}, best val_loss {best:.6g}")
+        lines.extend(_choices(tr))
     data = m.get("data")
     if data:
         lines.append("data        " + ", ".join(f"{k}={v}" for k, v in data.items()))

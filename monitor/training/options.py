@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from monitor.model.scores import SCORE_NAMES
+from monitor.model.tiling import default_stride
 from monitor.schema import StrictModel, error_message, key_path
 
 ARCHITECTURES: tuple[str, ...] = ("seed", "conv")
@@ -99,12 +100,38 @@ class TrainOptions(StrictModel):
     margin: float = Field(default=1.0, allow_inf_nan=False)
     max_unreadable_fraction: float = 0.1  # above this share of unreadable files training stops
     report: bool = True  # write report/ (loss curve, score histogram, reconstructions) into the bundle
+    # Settings chosen from the data for every option not given (monitor/training/auto.py), and the
+    # architecture and score chosen on held-out images with synthetic defects (select.py). False: the
+    # fixed defaults above, as before.
+    auto: bool = True
+    # Save a model that fails the health check (monitor/training/health.py) instead of refusing it; the
+    # problems are still logged and recorded in the bundle. For quick experiments, never for a line.
+    allow_degenerate: bool = False
     quiet: bool = False
+    # Tiling (monitor/model/tiling.py): with `scale` set, images are resized by it to the working resolution
+    # and scored in overlapping tiles of `tile` (the model input), image score = worst tile; the model
+    # learns from random tile crops. None: no tiling, each image is resized whole to `size`.
+    scale: float | None = None
+    tile: tuple[int, int] = (64, 64)  # height, width: the model input when tiling
+    stride: tuple[int, int] | None = None  # between tiles when scoring; None: half a tile
+    crops: int = 8  # random tile crops per training image per epoch (fixed crops per validation image)
 
-    @field_validator("size", mode="before")
+    @field_validator("size", "tile", mode="before")
     @classmethod
     def _parse_size(cls, value: Any) -> Any:
         return parse_size(value)
+
+    @field_validator("stride", mode="before")
+    @classmethod
+    def _parse_stride(cls, value: Any) -> Any:
+        return None if value is None else parse_size(value)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"scale must be in (0, 1] (1: native resolution), got {value}")
+        return value
 
     @field_validator("filters", mode="before")
     @classmethod
@@ -145,7 +172,7 @@ class TrainOptions(StrictModel):
             raise ValueError("filters must be positive numbers")
         return value
 
-    @field_validator("latent", "code_channels", "epochs", "batch_size", "patience", "learning_rate", "margin")
+    @field_validator("latent", "code_channels", "epochs", "crops", "batch_size", "patience", "learning_rate", "margin")
     @classmethod
     def _positive(cls, value: float, info: ValidationInfo) -> float:
         if value <= 0:
@@ -168,12 +195,42 @@ class TrainOptions(StrictModel):
 
     @model_validator(mode="after")
     def _size_fits_the_strides(self) -> TrainOptions:
-        h, w = self.size
+        h, w = self.model_size
+        key = "tile" if self.tiling else "size"
         step = 2 ** len(self.model_filters)
         if not (h > 0 and w > 0 and h % step == 0 and w % step == 0):
-            raise _KeyError("size", f"size {h}x{w} must be positive and divisible by {step} "
-                                    "(2 ** number of filters)")
+            raise _KeyError(key, f"{key} {h}x{w} must be positive and divisible by {step} "
+                                 "(2 ** number of filters)")
         return self
+
+    @model_validator(mode="after")
+    def _tiling_fits(self) -> TrainOptions:
+        if self.stride is not None:
+            sh, sw = self.stride
+            th, tw = self.tile
+            if not (0 < sh <= th and 0 < sw <= tw):
+                raise _KeyError("stride", f"stride {sh}x{sw} must be positive and at most the tile {th}x{tw} "
+                                          "(else pixels between tiles are never scored)")
+        # `size` is the model input only without tiling: a different one given with `scale` is a mistake.
+        if self.tiling and "size" in self.model_fields_set and self.size != self.tile:
+            raise _KeyError("size", f"size {self.size[0]}x{self.size[1]} is the model input without tiling; "
+                                    f"with scale set the model input is tile ({self.tile[0]}x{self.tile[1]})")
+        return self
+
+    @property
+    def tiling(self) -> bool:
+        """True when images are scored in tiles at working resolution (`scale` is set)."""
+        return self.scale is not None
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        """The model input (height, width): `tile` when tiling, else `size`."""
+        return self.tile if self.tiling else self.size
+
+    @property
+    def tile_stride(self) -> tuple[int, int]:
+        """The stride between tiles: the option, else half a tile."""
+        return self.stride if self.stride is not None else default_stride(self.tile)
 
     @property
     def model_filters(self) -> tuple[int, ...]:
@@ -184,7 +241,7 @@ class TrainOptions(StrictModel):
 
     def validate(self) -> None:  # type: ignore[override]  # BaseModel.validate is pydantic v1's, deprecated
         """Check the options again (after a change); ValueError names the option that is out of range."""
-        type(self).model_validate(self.model_dump())
+        type(self).model_validate(self.model_dump(exclude_unset=True))
 
 
 Label = Callable[[str], str]  # option name -> where its value came from: "train.yaml: training.epochs", "--epochs"

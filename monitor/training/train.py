@@ -23,7 +23,9 @@ from monitor.model.bundle import (
     library_versions,
     save_bundle,
 )
-from monitor.model.preprocess import PREPROCESSING, to_model_input
+from monitor.model.preprocess import PREPROCESSING, to_model_input, to_working_image
+from monitor.model.tiling import pad, random_positions, tile_grid
+from monitor.training.health import batchnorm_recalibration, check_model, recalibrate_batchnorm
 from monitor.training.options import LOSSES, TrainOptions
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,43 @@ def split_validation(n: int, fraction: float, rng: np.random.Generator) -> tuple
 ProgressFn = Callable[[str], None]
 
 
+class TileCrops:
+    """Random tile crops of images at working resolution, drawn afresh for every epoch (tiled training).
+
+    The working images are kept in float16: half of float32's memory, and its step near 1 (1/2048) is finer
+    than a grey level (1/255); the crops of one epoch are float32. Memory is the working images plus one
+    epoch of crops, whatever the number of epochs.
+    """
+
+    def __init__(self, images: list[np.ndarray], tile: tuple[int, int], per_image: int) -> None:
+        self.tile = tile
+        self.per_image = int(per_image)
+        self.grids = [tile_grid(im.shape[0], im.shape[1], tile) for im in images]
+        # Reflect-padded up to a tile where smaller: the scorer pads the same way.
+        self.images = [pad(im, g).astype(np.float16) for im, g in zip(images, self.grids, strict=True)]
+        self.channels = images[0].shape[2] if images else 1
+
+    def __len__(self) -> int:
+        return len(self.images) * self.per_image
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """per_image random crops of every image (image by image), float32 N x th x tw x C."""
+        th, tw = self.tile
+        out = np.empty((len(self), th, tw, self.channels), np.float32)
+        row = 0
+        for image, grid in zip(self.images, self.grids, strict=True):
+            for y, x in random_positions(grid, self.per_image, rng):
+                out[row] = image[y:y + th, x:x + tw]
+                row += 1
+        return out
+
+
+def working_images(images: list[np.ndarray], options: TrainOptions) -> list[np.ndarray]:
+    """Decoded images at the working resolution of a tiled training run (float32 HxWxC in [0, 1])."""
+    assert options.scale is not None
+    return [to_working_image(im, options.scale, options.channels) for im in images]
+
+
 def _progress_callback(epochs: int, report: ProgressFn):  # noqa: ANN202 - keras type only known late
     import keras
 
@@ -154,8 +193,11 @@ def reconstruction_loss(name: str) -> Any:
     return ssim_loss if name == "ssim" else mse_ssim_loss
 
 
-def _flip_batches(x: np.ndarray, batch_size: int, seed: int | None) -> Any:
-    """Training batches reshuffled every epoch, a fresh random half of them mirrored left-right."""
+def _flip_batches(x: np.ndarray | TileCrops, batch_size: int, seed: int | None, flip: bool = True) -> Any:
+    """Training batches reshuffled every epoch, a fresh random half of them mirrored left-right (`flip`).
+
+    From TileCrops, every epoch also draws new random crops.
+    """
     import keras
 
     class FlipBatches(keras.utils.PyDataset):
@@ -169,28 +211,32 @@ def _flip_batches(x: np.ndarray, batch_size: int, seed: int | None) -> Any:
 
         def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
             idx = self.order[i * batch_size:(i + 1) * batch_size]
-            batch = x[idx]
-            flip = self.flip[idx]
-            batch[flip] = batch[flip, :, ::-1]  # x[idx] is a copy: the training array stays as it was
+            batch = self.x[idx]
+            mirror = self.flip[idx]
+            batch[mirror] = batch[mirror, :, ::-1]  # x[idx] is a copy: the training array stays as it was
             return batch, batch
 
         def on_epoch_end(self) -> None:
+            self.x = x.draw(self.rng) if isinstance(x, TileCrops) else x
             self.order = self.rng.permutation(len(x))
-            self.flip = self.rng.random(len(x)) < 0.5
+            self.flip = (self.rng.random(len(x)) < 0.5) & flip
 
     return FlipBatches()
 
 
-def fit_autoencoder(train_x: np.ndarray, val_x: np.ndarray, options: TrainOptions,
+def fit_autoencoder(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options: TrainOptions,
                     progress: ProgressFn | None = None) -> tuple[Any, dict[str, list[float]]]:
-    """Train the ConvAE on preprocessed arrays; returns the model (best validation weights) and history."""
+    """Train the ConvAE on preprocessed arrays (or tile crops drawn per epoch); the model and history.
+
+    The model comes back with its best validation weights.
+    """
     import keras
 
     from monitor.training.architecture import build_model
 
     options.validate()
     _set_seed(options.seed)
-    h, w = options.size
+    h, w = options.model_size
     model = build_model(options.architecture, h, w, options.channels, options.model_filters, options.latent,
                         options.code_channels)
     steps = max(1, math.ceil(len(train_x) / options.batch_size))
@@ -204,28 +250,57 @@ def fit_autoencoder(train_x: np.ndarray, val_x: np.ndarray, options: TrainOption
     if options.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(2, options.patience // 3), min_lr=1e-5))
+    # Validation (so early stopping and the restored best weights) sees the BatchNorm statistics the model
+    # will score with, not moving averages that trail the weights (monitor/training/health.py).
+    bn_x = train_x.draw(np.random.default_rng(options.seed)) if isinstance(train_x, TileCrops) else train_x
+    callbacks.append(batchnorm_recalibration(bn_x))
     if progress is not None:
         callbacks.append(_progress_callback(options.epochs, progress))
-    if options.flip:
-        hist = model.fit(_flip_batches(train_x, options.batch_size, options.seed), validation_data=(val_x, val_x),
-                         epochs=options.epochs, callbacks=callbacks, verbose=0)
+    if options.flip or isinstance(train_x, TileCrops):
+        batches = _flip_batches(train_x, options.batch_size, options.seed, options.flip)
+        hist = model.fit(batches, validation_data=(val_x, val_x), epochs=options.epochs, callbacks=callbacks,
+                         verbose=0)
     else:
         hist = model.fit(train_x, train_x, validation_data=(val_x, val_x), epochs=options.epochs,
                          batch_size=options.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
+    recalibrate_batchnorm(model, bn_x)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return model, history
 
 
-def train_arrays(train_x: np.ndarray, val_x: np.ndarray, options: TrainOptions,
-                 progress: ProgressFn | None = None, data_summary: dict | None = None,
-                 path: Path | None = None) -> tuple[Bundle, dict[str, list[float]]]:
-    """Train and calibrate on preprocessed arrays; an in-memory Bundle (not saved) and the history."""
+def calibration_scores(bundle: Bundle, images: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
+    """Scores of whole decoded images through BatchScorer.score, the daemon's path (tiled or not)."""
     from monitor.model.scorer import BatchScorer
 
+    scorer = BatchScorer(bundle, max_batch=max_batch)
+    parts = [scorer.score(images[part]).scores for part in scorer.call_groups(images)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+
+
+def train_arrays(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options: TrainOptions,
+                 progress: ProgressFn | None = None, data_summary: dict | None = None,
+                 path: Path | None = None,
+                 calibration_images: list[np.ndarray] | None = None) -> tuple[Bundle, dict[str, list[float]]]:
+    """Train and calibrate on preprocessed arrays; an in-memory Bundle (not saved) and the history.
+
+    With tiling, `train_x` is TileCrops, `val_x` fixed crops of the validation images (the validation
+    loss), and `calibration_images` the whole decoded validation images: their scores through the tiled
+    scorer (image score = worst tile) are the calibration scores, exactly as the daemon will score.
+    """
+    if options.tiling and calibration_images is None:
+        raise ValueError("tiled training needs the whole validation images to calibrate on")
     started = time.monotonic()
     model, history = fit_autoencoder(train_x, val_x, options, progress)
     seconds = time.monotonic() - started
-    h, w = options.size
+    sample = train_x.draw(np.random.default_rng(options.seed)) if isinstance(train_x, TileCrops) else train_x
+    health = check_model(model, sample, val_x, history, options.batch_size)
+    log.info("%s architecture=%s loss=%s", health.describe(), options.architecture, options.loss)
+    h, w = options.model_size
+    n_train = len(train_x.images) if isinstance(train_x, TileCrops) else len(train_x)
+    n_val = len(calibration_images) if options.tiling else len(val_x)
+    calibration_source = "validation images (held out from training)"
+    if options.tiling:
+        calibration_source += ", whole, through the tiled scorer (image score = worst tile)"
     val_losses = history.get("val_loss", [])
     best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else None
     options_json = options.model_dump(exclude={"quiet"})
@@ -242,54 +317,220 @@ def train_arrays(train_x: np.ndarray, val_x: np.ndarray, options: TrainOptions,
                             else {"latent": options.latent}),
                          "loss": options.loss, "parameters": int(model.count_params())},
         "score": {"name": options.score, "params": dict(options.score_params)},
-        "calibration": {"scores": [0.0], "source": "validation images (held out from training)",
-                        "count": int(len(val_x))},
+        "calibration": {"scores": [0.0], "source": calibration_source, "count": int(n_val)},
         "threshold": {"quantile": options.quantile, "margin": options.margin,
                       "method": (f"margin {options.margin} x quantile {options.quantile} of the validation "
                                  "scores (numpy linear interpolation)")},
         "training": {"options": options_json, "epochs_run": len(history.get("loss", [])),
-                     "best_epoch": best_epoch, "train_images": int(len(train_x)),
-                     "validation_images": int(len(val_x)), "history": history,
+                     "best_epoch": best_epoch, "train_images": int(n_train),
+                     "validation_images": int(n_val), "history": history,
                      "seconds": round(seconds, 3),
-                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds")},
-        "data": data_summary or {"images": int(len(train_x) + len(val_x))},
+                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "health": health.to_json()},
+        "data": data_summary or {"images": int(n_train + n_val)},
         "versions": library_versions(),
     }
-    uncalibrated = Bundle(path=path or Path("."), model=model, meta=meta)
-    cal = BatchScorer(uncalibrated, max_batch=min(64, max(1, len(val_x)))).score_inputs(val_x).scores
-    meta["score"]["params"] = dict(uncalibrated.score_function().params)
-    meta["calibration"]["scores"] = [float(s) for s in cal]
-    meta["threshold"]["value"] = default_threshold(cal, options.quantile, options.margin)
-    return Bundle(path=uncalibrated.path, model=model, meta=meta), history
+    if options.tiling:
+        meta["tiling"] = {"scale": options.scale, "stride": list(options.tile_stride)}
+        meta["training"].update({"crops_per_image": options.crops, "train_crops_per_epoch": len(train_x),
+                                 "validation_crops": int(len(val_x))})
+    return calibrate(Bundle(path=path or Path("."), model=model, meta=meta), val_x, calibration_images), history
+
+
+def calibrate(bundle: Bundle, val_x: np.ndarray, calibration_images: list[np.ndarray] | None) -> Bundle:
+    """The bundle with calibration scores of the validation images under its own score, as the daemon scores.
+
+    Tiled: the whole decoded validation images through the tiled scorer; else the preprocessed inputs.
+    """
+    from monitor.model.scorer import BatchScorer
+
+    if bundle.tiling is not None:
+        assert calibration_images is not None
+        cal = calibration_scores(bundle, calibration_images)
+    else:
+        cal = BatchScorer(bundle, max_batch=min(64, max(1, len(val_x)))).score_inputs(val_x).scores
+    meta = dict(bundle.meta)
+    meta["score"] = {**meta["score"], "params": dict(bundle.score_function().params)}
+    meta["calibration"] = {**meta["calibration"], "scores": [float(v) for v in cal]}
+    threshold = meta["threshold"]
+    meta["threshold"] = {**threshold, "value": default_threshold(cal, threshold["quantile"], threshold["margin"])}
+    return Bundle(path=bundle.path, model=bundle.model, meta=meta, density=bundle.density)
+
+
+def _tiled_sets(images: list[np.ndarray], train_idx: np.ndarray, val_idx: np.ndarray, options: TrainOptions,
+                rng: np.random.Generator, progress: ProgressFn | None,
+                ) -> tuple[TileCrops, np.ndarray, list[np.ndarray]]:
+    """Training crops (drawn per epoch), fixed validation crops (a stable validation loss for early
+    stopping) and the whole validation images (calibration), for a tiled run."""
+    train = TileCrops(working_images([images[i] for i in train_idx], options), options.tile, options.crops)
+    val = TileCrops(working_images([images[i] for i in val_idx], options), options.tile, options.crops)
+    val_x = val.draw(rng)
+    sizes = sorted({(g.height, g.width) for g in train.grids})
+    th, tw = options.tile
+    log.info("training_tiled scale=%g tile=%dx%d stride=%dx%d crops_per_image=%d working_sizes=%s",
+             options.scale, th, tw, *options.tile_stride, options.crops,
+             ",".join(f"{h}x{w}" for h, w in sizes[:5]) + (",..." if len(sizes) > 5 else ""))
+    if progress:
+        progress(f"training on {len(train_idx)} images ({options.crops} random {th}x{tw} crops each per epoch at "
+                 f"scale {options.scale:g}), validating on {len(val_idx)} ({len(val_x)} fixed crops; whole images "
+                 f"for calibration), up to {options.epochs} epochs")
+    return train, val_x, [images[i] for i in val_idx]
+
+
+# Architectures (with their loss) tried when none is given: the seeds' dense latent for parts in a fixture,
+# the fully convolutional one for textures and tiles; the held-out images with synthetic defects decide.
+ARCHITECTURE_CANDIDATES: tuple[tuple[str, str], ...] = (("seed", "mse"), ("conv", "ssim"))
+SELECTION_DEFECTS = 120  # synthetic defects the score is chosen on, at least (more with more validation images)
+
+
+class DegenerateModelError(TrainingDataError):
+    """Every trained model failed the health check (monitor/training/health.py); the message says what to do."""
+
+
+def _candidates(options: TrainOptions, explicit: set[str]) -> list[TrainOptions]:
+    """The option sets to train: one, or one per candidate architecture when auto and none was given."""
+    if not options.auto or "architecture" in explicit:
+        return [options]
+    base = options.model_dump()
+    return [TrainOptions.model_validate({**base, "architecture": arch, **({} if "loss" in explicit else
+                                                                         {"loss": loss})})
+            for arch, loss in ARCHITECTURE_CANDIDATES]
+
+
+def _auto_options(options: TrainOptions, explicit: set[str], images: list[np.ndarray], n_models: int,
+                  progress: ProgressFn | None) -> tuple[TrainOptions, dict | None]:
+    """Options with every setting not given chosen from the data (auto.py); and the record of the choice."""
+    if not options.auto:
+        return options, None
+    from monitor.training.auto import BUDGET_SAMPLES, choose_settings
+
+    choice = choose_settings(images, validation_split=options.validation_split,
+                             budget_samples=BUDGET_SAMPLES / n_models)
+    chosen = choice.without(explicit)
+    options = TrainOptions.model_validate({**options.model_dump(include=explicit), **chosen})
+    log.info("%s", choice.describe())
+    if progress:
+        for key in chosen:
+            progress(f"chose {key}={chosen[key]}: {choice.reasons.get(key, '')}")
+    return options, choice.to_json(chosen)
+
+
+def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarray | TileCrops, val_x: np.ndarray,
+            options: TrainOptions, calibration: list[np.ndarray] | None, rng: np.random.Generator,
+            progress: ProgressFn | None, fixed_score: bool) -> tuple[tuple[TrainOptions, Bundle, dict], dict]:
+    """The best (architecture, score) on held-out normal inputs vs synthetic defects made from them.
+
+    `fixed_score`: the score was given; only the architecture is chosen.
+    """
+    from monitor.training.defects import defect_set
+    from monitor.training.select import best_first, rank_scores
+
+    min_px = max(2, round(4 * (options.scale or 1.0)))  # a 4-px defect of the original, at working resolution
+    defects = defect_set(list(val_x), max(SELECTION_DEFECTS, len(val_x)), rng, min_size_px=min_px)
+    defect_x = np.stack([d.image for d in defects])
+    families = [d.family for d in defects]
+    sample = train_x.draw(rng) if isinstance(train_x, TileCrops) else train_x
+    trials = []
+    for opts, bundle, _ in results:
+        only = (opts.score, dict(opts.score_params)) if fixed_score else None
+        for trial in rank_scores(bundle.model, sample, val_x, defect_x, families, options.quantile, only):
+            trial.architecture = opts.architecture
+            trials.append(trial)
+    ranked = best_first(trials)
+    best = ranked[0]
+    chosen = next(r for r in results if r[0].architecture == best.architecture)
+    opts, bundle, history = chosen
+    meta = dict(bundle.meta)
+    meta["score"] = {"name": best.score, "params": dict(best.params)}
+    if best.density is not None:
+        meta["density"] = {"mode": best.density, "file": "density.npz", **best.scales}
+    bundle = calibrate(Bundle(path=bundle.path, model=bundle.model, meta=meta, density=best.gaussian), val_x,
+                       calibration)
+    record = {
+        "chosen": f"{best.architecture}/{best.label}", "auroc": best.auroc, "average_precision":
+        best.average_precision, "expected_detection_rate": best.detection_rate, "per_family": best.per_family,
+        "normal_inputs": int(len(val_x)), "synthetic_defects": int(len(defect_x)), "min_defect_px": min_px,
+        "rule": "best AUROC, normal vs synthetic defects; within 0.005 of it the higher detection rate at the "
+                "bundle's quantile, then the simpler candidate",
+        "trials": [{**t.to_json(), "label": f"{t.architecture}/{t.label}"} for t in ranked],
+    }
+    log.info("score_selected chosen=%s auroc=%.4f detection_rate=%.3f candidates=%d", record["chosen"], best.auroc,
+             best.detection_rate, len(ranked))
+    if progress:
+        for t in ranked[:5]:
+            progress(f"candidate {t.architecture}/{t.label}: AUROC {t.auroc:.4f}, detects {t.detection_rate:.0%} "
+                     "of synthetic defects at the threshold")
+        rates = ", ".join(f"{k} {v:.0%}" for k, v in best.per_family.items())
+        progress(f"chose {record['chosen']}: expected detection rate {best.detection_rate:.0%} ({rates})")
+    return (opts, bundle, history), record
+
+
+def _healthy(results: list[tuple[TrainOptions, Bundle, dict]]) -> list[tuple[TrainOptions, Bundle, dict]]:
+    """The models that passed the health check; DegenerateModelError saying why when none did.
+
+    With `allow_degenerate`, all of them (their problems are logged and kept in the sidecar).
+    """
+    healthy = [r for r in results if r[1].meta["training"]["health"]["ok"] or r[0].allow_degenerate]
+    for opts, bundle, _ in results:
+        if not bundle.meta["training"]["health"]["ok"]:
+            log.warning("model_degenerate architecture=%s problems=%r", opts.architecture,
+                        bundle.meta["training"]["health"]["problems"])
+    if not healthy:
+        lines = [f"{o.architecture}: {p}" for o, b, _ in results for p in b.meta["training"]["health"]["problems"]]
+        raise DegenerateModelError("the trained model is degenerate and was not saved:\n" + "\n".join(lines))
+    return healthy
 
 
 def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = None,
                  progress: ProgressFn | None = None) -> Bundle:
     """Train on a folder of normal images and save a calibrated bundle (with report/) in out_dir.
 
+    With `auto` (the default), every option not given is chosen from the data, and when no architecture or
+    score is given, candidates are trained and chosen on held-out images with synthetic defects.
     Progress lines go to `progress` (the CLI prints them on stderr), else to the log unless quiet.
     """
     options = options or TrainOptions()
     options.validate()
+    explicit = set(options.model_fields_set)
     if progress is None and not options.quiet:
         def progress(line: str) -> None:
             log.info('training_progress message="%s"', line)
     elif options.quiet:
         progress = None
     data = load_training_images(Path(data_dir), options.max_unreadable_fraction)
-    h, w = options.size
+    options, auto_record = _auto_options(options, explicit, data.images, len(_candidates(options, explicit)),
+                                         progress)
     rng = np.random.default_rng(options.seed)
     train_idx, val_idx = split_validation(len(data.images), options.validation_split, rng)
-    x = np.stack([to_model_input(im, h, w, options.channels) for im in data.images])
-    if progress:
-        progress(f"training on {len(train_idx)} images, validating on {len(val_idx)}, input {h}x{w}x"
-                 f"{options.channels}, up to {options.epochs} epochs")
-    bundle, history = train_arrays(x[train_idx], x[val_idx], options, progress, data.summary, Path(out_dir))
-    saved = save_bundle(out_dir, bundle.model, bundle.meta)
+    if options.tiling:
+        train_x, val_x, calibration = _tiled_sets(data.images, train_idx, val_idx, options, rng, progress)
+    else:
+        h, w = options.size
+        x = np.stack([to_model_input(im, h, w, options.channels) for im in data.images])
+        train_x, val_x, calibration = x[train_idx], x[val_idx], None
+        if progress:
+            progress(f"training on {len(train_idx)} images, validating on {len(val_idx)}, input {h}x{w}x"
+                     f"{options.channels}, up to {options.epochs} epochs")
+    results = []
+    for candidate in _candidates(options, explicit):
+        if progress and len(results) == 0 and options.auto and "architecture" not in explicit:
+            progress("training each candidate architecture: " + ", ".join(f"{a} ({loss} loss)" for a, loss in
+                                                                          ARCHITECTURE_CANDIDATES))
+        results.append((candidate, *train_arrays(train_x, val_x, candidate, progress, data.summary,
+                                                 Path(out_dir), calibration)))
+    results = _healthy(results)
+    selection = None
+    if options.auto and ("score" not in explicit or len(results) > 1):
+        (options, bundle, history), selection = _select(results, train_x, val_x, options, calibration, rng,
+                                                        progress, fixed_score="score" in explicit)
+    else:
+        options, bundle, history = results[0]
+    bundle.meta["training"].update({k: v for k, v in (("auto", auto_record), ("selection", selection)) if v})
+    saved = save_bundle(out_dir, bundle.model, bundle.meta, density=bundle.density)
     if options.report:
         from monitor.training.report import write_training_report
 
-        write_training_report(saved, history, x[val_idx])
+        write_training_report(saved, history, val_x)
     if progress:
         progress(f"saved {out_dir} threshold={saved.default_threshold:.6g} "
                  f"(best epoch {saved.meta['training']['best_epoch']})")

@@ -1,0 +1,153 @@
+"""A second score that sees what reconstruction misses: a Gaussian of normal features, per location.
+
+An autoencoder reconstructs a smooth stain, a change of brightness or a colour shift well, so its residual
+stays small. The encoder's own feature maps (the first two conv blocks, PaDiM-style: Defard et al. 2020,
+on the project's own trained encoder since no pretrained weights can be fetched) plus the local mean colour
+of the input do change: each location's feature vector is scored by its Mahalanobis distance to a Gaussian
+fitted on normal images. One Gaussian is shared by all locations (`shared`: textures, tiles, anything not
+aligned) or each location has its own (`local`: parts held in a fixture, where the position means
+something); the choice is made on validation data, not here.
+
+The fitted parameters live in the bundle (`density.npz`); the map is computed inside the scorer's compiled
+forward pass, in TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tensorflow as tf
+
+from monitor.model.scores import blur_maps
+
+FEATURE_LAYERS: tuple[str, ...] = ("enc_bn0", "enc_bn1")
+PARAMS_FILE = "density.npz"
+Mode = Literal["shared", "local"]
+# Local Gaussians keep d x d numbers per location: a random subset of feature channels bounds that (PaDiM's
+# own answer), while the shared Gaussian affords every channel.
+LOCAL_MAX_DIMS = 32
+_MAX_FIT_VECTORS = 200_000  # enough for a d x d covariance; bounds the fit's memory on big data sets
+
+
+def feature_model(model: Any) -> Any:
+    """A Keras model: the autoencoder's input -> its encoder feature maps named in FEATURE_LAYERS."""
+    import keras
+
+    outputs = [model.get_layer(name).output for name in FEATURE_LAYERS]
+    return keras.Model(model.input, outputs, name="encoder_features")
+
+
+def features_of(model: Any, x: np.ndarray, colour_sigma: float = 2.0, batch: int = 64) -> np.ndarray:
+    """N x h x w x D location features of preprocessed inputs, computed in batches (fitting and tests)."""
+    extractor = feature_model(model)
+    out = []
+    for start in range(0, len(x), batch):
+        chunk = tf.convert_to_tensor(np.asarray(x[start:start + batch], np.float32))
+        maps = extractor(chunk, training=False)
+        maps = list(maps) if isinstance(maps, list | tuple) else [maps]
+        out.append(location_features(maps, chunk, colour_sigma).numpy())
+    return np.concatenate(out)
+
+
+def location_features(feature_maps: list[tf.Tensor], x: tf.Tensor, colour_sigma: float) -> tf.Tensor:
+    """N x h x w x D: the encoder maps at the first map's resolution, plus the input's smoothed local colour."""
+    first = feature_maps[0]
+    h, w = first.shape[1], first.shape[2]
+    parts = [first] + [tf.image.resize(f, (h, w), method="bilinear") for f in feature_maps[1:]]
+    colour = tf.image.resize(x, (h, w), method="area")
+    c = colour.shape[-1]
+    planes = tf.reshape(tf.transpose(colour, [0, 3, 1, 2]), [-1, h, w])
+    smooth = tf.transpose(tf.reshape(blur_maps(planes, colour_sigma), [-1, c, h, w]), [0, 2, 3, 1])
+    parts.append(smooth)
+    return tf.concat(parts, axis=-1)
+
+
+@dataclass
+class FeatureGaussian:
+    """The fitted Gaussian(s): mean and inverse covariance, shared or one per location."""
+
+    mode: Mode
+    channels: np.ndarray  # int: the feature channels used (all for shared, a random subset for local)
+    mean: np.ndarray  # d (shared) or h*w x d (local)
+    inv_cov: np.ndarray  # d x d (shared) or h*w x d x d (local)
+    colour_sigma: float = 2.0
+
+    @staticmethod
+    def fit(features: np.ndarray, mode: Mode, seed: int = 0, colour_sigma: float = 2.0) -> FeatureGaussian:
+        """Fit on N x h x w x D features of normal images (a ridge keeps every covariance invertible)."""
+        n, h, w, dims = features.shape
+        rng = np.random.default_rng(seed)
+        if mode == "local" and dims > LOCAL_MAX_DIMS:
+            channels = np.sort(rng.choice(dims, LOCAL_MAX_DIMS, replace=False))
+        else:
+            channels = np.arange(dims)
+        d = len(channels)
+        if mode == "shared":
+            flat = np.asarray(features).reshape(-1, dims)
+            if len(flat) > _MAX_FIT_VECTORS:  # subsample before the float64 copy: memory stays bounded
+                flat = flat[np.sort(rng.choice(len(flat), _MAX_FIT_VECTORS, replace=False))]
+            flat = flat.astype(np.float64)
+            mean = flat.mean(axis=0)
+            inv = np.linalg.inv(_ridged(np.cov(flat, rowvar=False).reshape(d, d)))
+        else:
+            f = np.asarray(features)[..., channels].astype(np.float64)
+            per = f.reshape(n, h * w, d).transpose(1, 0, 2)  # locations x images x d
+            mean = per.mean(axis=1)
+            centred = per - mean[:, None, :]
+            cov = np.einsum("lnd,lne->lde", centred, centred) / max(1, n - 1)
+            inv = np.linalg.inv(np.stack([_ridged(c) for c in cov]))
+        return FeatureGaussian(mode, channels.astype(np.int32), mean.astype(np.float32), inv.astype(np.float32),
+                               colour_sigma)
+
+    def distance_map(self, features: tf.Tensor) -> tf.Tensor:
+        """N x h x w Mahalanobis distances of each location's features (TensorFlow, inside the forward pass)."""
+        f = tf.gather(features, self.channels, axis=-1)
+        h, w = f.shape[1], f.shape[2]
+        if self.mode == "shared":
+            diff = f - self.mean
+            q = tf.einsum("nhwd,de,nhwe->nhw", diff, self.inv_cov, diff)
+        else:
+            diff = tf.reshape(f, [-1, h * w, f.shape[-1]]) - self.mean
+            q = tf.reshape(tf.einsum("nld,lde,nle->nl", diff, self.inv_cov, diff), [-1, h, w])
+        return tf.sqrt(tf.maximum(q, 0.0))
+
+    def save(self, folder: Path, name: str = PARAMS_FILE) -> Path:
+        """Write the parameters as `name` in `folder`; returns the file's path."""
+        path = Path(folder) / name
+        np.savez(path, mode=np.array(self.mode), channels=self.channels, mean=self.mean, inv_cov=self.inv_cov,
+                 colour_sigma=np.array(self.colour_sigma))
+        return path
+
+    @staticmethod
+    def load(folder: Path, name: str = PARAMS_FILE) -> FeatureGaussian:
+        """The parameters saved in a bundle folder; ValueError when they are missing or inconsistent."""
+        with np.load(Path(folder) / name, allow_pickle=False) as z:
+            gaussian = FeatureGaussian(str(z["mode"]), z["channels"], z["mean"], z["inv_cov"],
+                                       float(z["colour_sigma"]))
+        d = len(gaussian.channels)
+        if gaussian.mode not in ("shared", "local") or gaussian.mean.shape[-1] != d \
+                or gaussian.inv_cov.shape[-2:] != (d, d) or not np.all(np.isfinite(gaussian.inv_cov)):
+            raise ValueError(f"parameters of mode {gaussian.mode!r} do not fit together")
+        return gaussian
+
+
+def _ridged(cov: np.ndarray) -> np.ndarray:
+    # 1% of the mean variance on the diagonal: a feature that never varies on normal images must not make
+    # its tiniest change infinitely anomalous, nor the matrix singular.
+    d = cov.shape[0]
+    return cov + np.eye(d) * (0.01 * float(np.trace(cov)) / d + 1e-6)
+
+
+def combine_maps(residual_map: tf.Tensor, density_map: tf.Tensor, residual_scale: float,
+                 density_scale: float) -> tf.Tensor:
+    """N x H x W: each map in units of its own typical maximum on normal images, then their per-pixel maximum.
+
+    Normalising by each map's own scale on validation images keeps either from dominating by its units; the
+    maximum says "anomalous" when either does, and it is what the evidence heat map shows.
+    """
+    size = (residual_map.shape[1], residual_map.shape[2])
+    up = tf.image.resize(density_map[..., None], size, method="bilinear")[..., 0]
+    return tf.maximum(residual_map / residual_scale, up / density_scale)
