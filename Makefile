@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
+SOAK_SECONDS ?= 3600
 
-.PHONY: install system-deps run test lint model benchmarks clean
+.PHONY: install system-deps run test lint model benchmarks soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ model: $(STAMP)
 benchmarks: $(STAMP)
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/quality.py
+
+# An hour (SOAK_SECONDS) of the real daemon on a folder feed and an ffmpeg camera; exit 1 when RSS, fds,
+# threads or p99 latency grow. tests/test_soak.py runs the same code for 2 minutes in `make test`.
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -8,22 +8,35 @@ import sys
 from collections.abc import Sequence
 
 from monitor import __version__
-from monitor.config import Config, ConfigError, load_config, setup_logging
+from monitor.config import Config, ConfigError, check_writable, load_config, setup_logging
 
 log = logging.getLogger("monitor")
 
 
-def _load(path: str) -> Config | None:
-    """The config, or None after printing why it cannot be used (callers exit 2)."""
+def _load(path: str, outputs: bool = False, create: bool = False) -> Config | None:
+    """The config, or None after printing why it cannot be used (callers exit 2).
+
+    With `outputs`, the output folders must also be writable (`create`: made if missing, as `run` needs).
+    """
     try:
-        return load_config(path)
+        config = load_config(path)
+        if outputs:
+            check_writable(config, path, create=create)
+        return config
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+    except (ValueError, RuntimeError, OSError, RecursionError) as exc:
+        # load_config turns what the OS refuses into ConfigError; this is the net under it, so that a case
+        # nobody foresaw is still exit 2 and one line, not a traceback and a restart loop.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {path}: {type(exc).__name__}: {reason}".rstrip(": "), file=sys.stderr)
         return None
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    # The same output check as `run`, minus creating folders: check-config tells what run would refuse.
+    config = _load(args.config, outputs=True, create=False)
     if config is None:
         return 2
     print(f"{args.config}: valid ({len(config.sources)} sources, model {config.model})")
@@ -31,7 +44,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    # Outputs are checked before TensorFlow loads: an unwritable folder is a config error (exit 2, which the
+    # systemd unit does not restart), not a crash halfway through start-up.
+    config = _load(args.config, outputs=True, create=True)
     if config is None:
         return 2
     setup_logging(args.log_level or config.logging.level)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -160,9 +163,59 @@ class Config(StrictModel):
         return [s for s in self.sources if isinstance(s, CameraSourceConfig)]
 
 
-def _resolve(base: Path, path: Path) -> Path:
-    path = path.expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+# Linux's limits (NAME_MAX, PATH_MAX): a longer path passes every check here and fails with ENAMETOOLONG
+# at the first open, in the middle of a run; refused up front it is a config error naming the key.
+NAME_MAX = 255
+PATH_MAX = 4096
+
+OUTPUT_KEYS = ("journal", "evidence", "quarantine", "state")
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters escaped, so a key or a value from the file can never split a line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The operating system's words for an error (``Permission denied``), else the exception's one line."""
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return _printable(reason.strip().splitlines()[0] if reason.strip() else type(exc).__name__)
+
+
+def _resolve(base: Path, path: Path, where: Path | str, key: str) -> Path:
+    """`path` with ``~`` expanded, made absolute against `base`; ConfigError naming `key` if the OS refuses it.
+
+    The OS refuses what pydantic accepts as a path: a NUL byte (ValueError), ``~user`` for a user that
+    does not exist (RuntimeError), a path longer than the kernel takes (OSError at the first use).
+    """
+    text = str(path)
+    if "\0" in text:
+        raise ConfigError(f"{where}: {key}: the path contains a NUL byte")
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # pathlib: no such user, or no home folder for a bare ~
+        user = text.split("/", 1)[0]
+        raise ConfigError(f"{where}: {key}: cannot expand {_printable(user)!r}: no such user or no home folder") \
+            from None
+    try:
+        path = path if path.is_absolute() else (base / path).resolve()
+    except (ValueError, RuntimeError, OSError) as exc:  # RuntimeError: pathlib's symlink loop
+        raise ConfigError(f"{where}: {key}: cannot resolve the path: {_os_reason(exc)}") from None
+    _check_length(path, where, key)
+    return path
+
+
+def _check_length(path: Path, where: Path | str, key: str) -> None:
+    """ConfigError when `path` or one of its names is longer than the kernel accepts (ENAMETOOLONG)."""
+    encoded = os.fsencode(path)
+    if len(encoded) >= PATH_MAX:
+        raise ConfigError(f"{where}: {key}: the path is too long ({len(encoded)} bytes, the limit is {PATH_MAX - 1})")
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > NAME_MAX:
+        raise ConfigError(f"{where}: {key}: a name in the path is too long ({longest} bytes, the limit is "
+                          f"{NAME_MAX})")
 
 
 def camera_kind(camera: int | str) -> str:
@@ -188,20 +241,43 @@ def parse_config(data: Any, path: Path) -> Config:
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            lines.append(f"{path}: {key_path(err['loc'], ('folder', 'camera', *SINK_TYPES)) or '(top level)'}: {msg}")
+            key = key_path(err["loc"], ("folder", "camera", *SINK_TYPES)) or "(top level)"
+            # Keys and messages come from the file: a newline in a key must not start a line of its own.
+            lines.append(f"{path}: {_printable(key)}: {_printable(msg)}")
         raise ConfigError("\n".join(lines)) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the document is nested too deeply") from None
     base = path.resolve().parent
-    config.model = _resolve(base, config.model)
+    config.model = _resolve(base, config.model, path, "model")
     out = config.output
-    for key in ("journal", "evidence", "quarantine", "state"):
-        setattr(out, key, _resolve(base, getattr(out, key)))
-    for source in config.sources:
+    for key in OUTPUT_KEYS:
+        setattr(out, key, _resolve(base, getattr(out, key), path, f"output.{key}"))
+    for i, source in enumerate(config.sources):
         if isinstance(source, FolderSourceConfig):
-            source.folder = _resolve(base, source.folder)
+            source.folder = _resolve(base, source.folder, path, f"sources[{i}].folder")
+        elif isinstance(source.camera, str) and "\0" in source.camera:
+            raise ConfigError(f"{path}: sources[{i}].camera: contains a NUL byte")
         elif camera_kind(source.camera) == "file":
-            source.camera = str(_resolve(base, Path(str(source.camera))))
-    config.alerts.resolve_paths(base)
+            source.camera = str(_resolve(base, Path(str(source.camera)), path, f"sources[{i}].camera"))
+    _resolve_alert_paths(config, base, path)
     return config
+
+
+def _resolve_alert_paths(config: Config, base: Path, path: Path) -> None:
+    """The sinks' file paths resolved by AlertsConfig, after the checks that name the key of a refused one."""
+    for i, sink in enumerate(config.alerts.sinks):
+        for key in ("password_file", "ca_file"):
+            value = getattr(sink, key, None)
+            if value is not None:
+                # Expanded as AlertsConfig does ($VAR, then ~), only to name the key of a path the OS refuses.
+                _resolve(base, Path(os.path.expandvars(str(value))), path, f"alerts.sinks[{i}].{key}")
+        argv = getattr(sink, "argv", None)
+        if argv and any("\0" in arg for arg in argv):
+            raise ConfigError(f"{path}: alerts.sinks[{i}].argv: contains a NUL byte")
+    try:
+        config.alerts.resolve_paths(base)
+    except (ValueError, RuntimeError, OSError) as exc:  # whatever the checks above did not foresee
+        raise ConfigError(f"{path}: alerts.sinks: cannot resolve a path: {_os_reason(exc)}") from None
 
 
 def load_config(path: str | Path) -> Config:
@@ -209,15 +285,88 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read the config: not UTF-8 text (byte {exc.start})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ConfigError(f"{path}: cannot read the config: {_os_reason(exc)}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{path}: not valid YAML{where}: {_printable(str(problem))}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ConfigError(f"{path}: not valid YAML: {_os_reason(exc)}") from None
     return parse_config(data, path)
+
+
+def check_writable(config: Config, path: str | Path, create: bool = True) -> None:
+    """ConfigError (one line: the file, the key, the folder, the reason) when an output cannot be written.
+
+    `monitor run` calls it with `create` before loading TensorFlow: an output folder the service user cannot
+    create or write is a config error (exit 2), not a crash that systemd restarts in a loop. `check-config`
+    calls it without `create`: it changes nothing, and refuses what `run` would refuse.
+    """
+    for key in OUTPUT_KEYS:
+        target: Path = getattr(config.output, key)
+        folder = target.parent if key == "journal" else target
+        reason = _folder_problem(folder, create)
+        if reason is None and key == "journal":
+            reason = _journal_problem(target, create)
+        if reason is not None:
+            # The first problem only: the outputs usually share a parent, so the others repeat it.
+            raise ConfigError(f"{path}: output.{key}: {reason}")
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """`folder` or its nearest ancestor that exists (a missing folder is created under it)."""
+    probe = folder
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
+def _folder_problem(folder: Path, create: bool) -> str | None:
+    """Why `folder` cannot hold the daemon's files, or None."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():  # a file (or a dangling link) where a folder must be or be made
+        return f"cannot write {folder}: " + ("not a folder" if existing == folder else f"{existing} is not a folder")
+    if existing != folder:
+        if not create:
+            if not os.access(existing, os.W_OK | os.X_OK):
+                return f"cannot write {folder}: cannot create it in {existing}: Permission denied"
+            return None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot write {folder}: {_os_reason(exc)}"
+    try:
+        # A real file, not os.access: root passes os.access on a read-only filesystem or an immutable folder.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".monitor-write-check-"):
+            pass
+    except OSError as exc:
+        return f"cannot write {folder}: {_os_reason(exc)}"
+    return None
+
+
+def _journal_problem(journal: Path, create: bool) -> str | None:
+    """Why the journal file itself cannot be appended to, or None (its folder is already checked)."""
+    if journal.is_dir():
+        return f"cannot write {journal}: it is a folder, not a file"
+    if not journal.exists():
+        return None
+    try:
+        if create:
+            with open(journal, "ab"):  # appends nothing: the journal stays as it is
+                pass
+        elif not os.access(journal, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        return f"cannot write {journal}: {_os_reason(exc)}"
+    return None
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -243,8 +243,43 @@ class Daemon:
             return None
 
 
+# Signals that end the process by default but must not: an operator's `systemctl reload` (SIGHUP) or a stray
+# `kill -USR1` would otherwise drop the queue without a drain and without `daemon_stop`.
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def request_reload(daemon: Daemon | None) -> None:
+    """SIGHUP: reload the config and the bundle. The hook for live reload; until it exists, log and go on.
+
+    A later `Daemon.reload()` is called from here (on the main thread, where Python runs signal handlers);
+    until then the running config stays in force and the log says how to apply a new one.
+    """
+    log.info("reload_requested signal=SIGHUP")
+    reload = getattr(daemon, "reload", None)
+    if callable(reload):
+        reload()
+        return
+    log.warning("reload_unsupported hint=%r", "live reload is not implemented yet: restart the service "
+                "(systemctl restart) to apply a new config or bundle; the daemon keeps running as it is")
+
+
 def run(config: Config, bundle: Bundle) -> int:
-    """Run the daemon in the foreground until SIGTERM or SIGINT; returns the exit code."""
+    """Run the daemon in the foreground until SIGTERM or SIGINT; returns the exit code.
+
+    SIGHUP asks for a reload (`request_reload`); SIGUSR1 and SIGUSR2 are logged and ignored. Their handlers
+    go in first, so that one arriving while the daemon is still being built does not end the process.
+    """
+    daemon: Daemon | None = None
+
+    def _on_hup(_signum: int, _frame: Any) -> None:
+        request_reload(daemon)
+
+    def _on_ignored(signum: int, _frame: Any) -> None:
+        log.info("signal_ignored signal=%s", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGHUP, _on_hup)
+    for sig in IGNORED_SIGNALS:
+        signal.signal(sig, _on_ignored)
     daemon = Daemon(config, bundle)
 
     def _on_signal(signum: int, _frame: Any) -> None:

@@ -6,6 +6,7 @@ so a file the daemon would score is the same file training would read.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,32 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 # Formats whose bytes say where the image ends (see image_is_complete).
 SELF_DELIMITED = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# The pixel limit (CV_IO_MAX_IMAGE_PIXELS) does not bound memory: a 0.5 MB PNG of a 16-bit RGBA image just
+# under 2^26 pixels decodes to 512 MiB, and the copies made for scoring take the process to gigabytes.
+# This bounds the decoded array itself; 256 MiB still admits 8-bit gray at the pixel limit (64 MiB),
+# 8-bit colour up to ~89 Mpixel and 16-bit colour up to ~44 Mpixel.
+MAX_DECODED_BYTES = 256 * 2**20
+
+# PNG colour type -> channels of OpenCV's IMREAD_UNCHANGED result. Gray+alpha comes back as BGRA, and a
+# palette as BGR, or BGRA when it has transparency: 4 is the bound.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
+# JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic coded).
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+# JPEG markers without a length field: TEM, RSTn, SOI, EOI.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xDA)})
+
+
+class ImageTooLarge(ValueError):
+    """The header says the decoded image would exceed the bound on decoded bytes; nothing was decoded."""
+
+    def __init__(self, header: tuple[int, int, int, int], limit: int) -> None:
+        width, height, channels, depth = header
+        self.decoded_bytes = width * height * channels * depth
+        self.limit = limit
+        super().__init__(f"decoded size {width}x{height}x{channels}x{depth} = {self.decoded_bytes} bytes "
+                         f"> max_decoded_bytes {limit}")
 
 
 def is_image_name(path: Path, extensions: tuple[str, ...] | frozenset[str] = IMAGE_EXTENSIONS) -> bool:
@@ -43,13 +70,149 @@ def image_is_complete(data: bytes) -> bool:
     return True  # TIFF and others: only a successful decode tells
 
 
-def decode_image(data: bytes) -> np.ndarray | None:
+def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
+    # The IHDR chunk must come first: signature, length 13, "IHDR", width, height, depth, colour type.
+    if len(data) < 26 or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None or depth not in (1, 2, 4, 8, 16):
+        return None
+    return width, height, channels, 2 if depth == 16 else 1  # depths below 8 are expanded to bytes
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
+    # Walk the marker segments from SOI to the first SOFn; APPn segments (EXIF thumbnails included) are
+    # skipped by their length, so an embedded thumbnail's frame is never taken for the image's.
+    pos, end = 2, len(data)
+    while pos + 1 < end:
+        if data[pos] != 0xFF:
+            return None
+        while pos + 1 < end and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes
+        if pos + 1 >= end:
+            return None
+        marker = data[pos + 1]
+        pos += 2
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xDA, 0xD9):
+            return None  # scan data or the end before any frame header
+        if pos + 2 > end:
+            return None
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 8 > end:
+                return None
+            precision, height, width, components = struct.unpack(">BHHB", data[pos + 2:pos + 8])
+            if height == 0 or components == 0:
+                return None  # height given later by a DNL marker: unknown
+            return width, height, components, 1 if precision <= 8 else 2
+        pos += length
+    return None
+
+
+def _bmp_header(data: bytes) -> tuple[int, int, int, int] | None:
+    if len(data) < 26:
+        return None
+    info_size = int.from_bytes(data[14:18], "little")
+    if info_size == 12:  # BITMAPCOREHEADER: 16-bit sizes, 3-byte palette entries
+        width, height, _planes, bpp = struct.unpack("<hhHH", data[18:26])
+        entry = 3
+    elif info_size >= 40 and len(data) >= 54:
+        width, height, _planes, bpp = struct.unpack("<iiHH", data[18:30])
+        entry = 4
+    else:
+        return None
+    if bpp in (24, 16):
+        channels = 3
+    elif bpp == 32:
+        channels = 4
+    elif bpp in (1, 4, 8):
+        # OpenCV gives gray when every palette entry is gray, BGR otherwise.
+        start = 14 + info_size
+        used = int.from_bytes(data[46:50], "little") if entry == 4 else 0
+        count = used if 0 < used <= 1 << bpp else 1 << bpp
+        palette = data[start:start + count * entry]
+        if len(palette) < count * entry:
+            channels = 3  # a short palette: the bound, not a guess
+        else:
+            gray = all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette), entry))
+            channels = 1 if gray else 3
+    else:
+        return None
+    return abs(width), abs(height), channels, 1  # a negative height means rows stored top-down
+
+
+_TIFF_TYPE_SIZES = {3: 2, 4: 4}  # SHORT, LONG: the types the size tags use
+
+
+def _tiff_header(data: bytes) -> tuple[int, int, int, int] | None:
+    order = "<" if data[:4] == b"II*\x00" else ">" if data[:4] == b"MM\x00*" else None
+    if order is None or len(data) < 8:
+        return None
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    if ifd + 2 > len(data):
+        return None
+    (count,) = struct.unpack(order + "H", data[ifd:ifd + 2])
+    tags: dict[int, int] = {}
+    for i in range(count):
+        at = ifd + 2 + 12 * i
+        if at + 12 > len(data):
+            return None
+        tag, kind, n = struct.unpack(order + "HHI", data[at:at + 8])
+        size = _TIFF_TYPE_SIZES.get(kind)
+        if size is None or n == 0:
+            continue
+        # The first value; inline when the values fit in 4 bytes, else at the offset given there.
+        offset = at + 8 if n * size <= 4 else struct.unpack(order + "I", data[at + 8:at + 12])[0]
+        if offset + size > len(data):
+            continue
+        tags[tag] = struct.unpack(order + ("H" if size == 2 else "I"), data[offset:offset + size])[0]
+    if 256 not in tags or 257 not in tags:
+        return None
+    bits = tags.get(258, 1)
+    samples = tags.get(277, 1)
+    if samples == 2:
+        samples = 4  # gray+alpha comes back as BGRA
+    return tags[256], tags[257], max(samples, 1), max(1, (bits + 7) // 8)
+
+
+def image_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, channels, bytes per sample) of the decoded image, read from the header alone.
+
+    Channels and depth are those of OpenCV's IMREAD_UNCHANGED result (an upper bound where the header
+    alone cannot tell, e.g. a PNG palette). None when the format is unknown or the header is unreadable;
+    never raises on any bytes.
+    """
+    try:
+        if data.startswith(_PNG_SIGNATURE):
+            return _png_header(data)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_header(data)
+        if data.startswith(b"BM"):
+            return _bmp_header(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_header(data)
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def decode_image(data: bytes, max_decoded_bytes: int = MAX_DECODED_BYTES) -> np.ndarray | None:
     """Decode bytes as OpenCV does (BGR/BGRA/gray, 8 or 16 bit); None when not an image.
 
-    Raises cv2.error for images OpenCV refuses, e.g. above CV_IO_MAX_IMAGE_PIXELS.
+    Raises ImageTooLarge, before decoding anything, when the header says the decoded array would take more
+    than `max_decoded_bytes`; raises cv2.error for images OpenCV refuses, e.g. above CV_IO_MAX_IMAGE_PIXELS
+    (the only bound for formats whose header is not read here).
     """
     if not data:
         return None
+    header = image_header(data)
+    if header is not None and header[0] * header[1] * header[2] * header[3] > max_decoded_bytes:
+        raise ImageTooLarge(header, max_decoded_bytes)
     return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
 
 
@@ -58,6 +221,6 @@ def read_image(path: Path) -> np.ndarray | None:
     try:
         with open(path, "rb") as f:
             image = decode_image(f.read())
-    except (OSError, cv2.error):
+    except (OSError, cv2.error, ImageTooLarge):
         return None
     return image if image is not None and image.size else None

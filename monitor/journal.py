@@ -1,16 +1,180 @@
-"""The journal: every verdict and source event as one JSON line, appended, flushed, rotated by size."""
+"""The journal: every verdict and source event as one JSON line, appended, flushed, rotated by size.
+
+Also what every state file read at start shares (the journal's tail here, the ledgers in
+`monitor.sources.ledger`): a line is parsed strictly (UTF-8, one JSON object, finite numbers, bounded
+integers and nesting) and validated by pydantic; a line that fails is skipped with a reason, counted in
+`anomaly_monitor_state_records_rejected_total{file}` and summed up in one log line per file, never raised.
+State files are written by this daemon, so a bad line means a crash, a disk fault or a person's editor; in
+each case the daemon must still start, and a 10 MB corrupt file must not flood the log.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
+from collections import Counter
 from pathlib import Path
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic_core import PydanticCustomError
+
+from monitor import metrics
 from monitor.files import LineFile
+from monitor.records import FileKey
 
 log = logging.getLogger(__name__)
+
+# --- strict parsing of state lines ---------------------------------------------------------------
+
+MAX_INT_DIGITS = 20  # 2**63 has 19 digits: a longer integer is never a size or a time, and costs to parse
+MAX_NAME_CHARS = 4096  # PATH_MAX: no file name in a watched folder is longer
+INT64_MAX = 2**63 - 1
+
+
+class RecordRejected(ValueError):
+    """One state line that is not a valid record; `reason` is a short fixed token for logs and tests."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _refuse_constant(name: str) -> float:
+    # Python's json accepts NaN, Infinity and -Infinity; the daemon never writes them (allow_nan=False).
+    raise RecordRejected("non_finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf without passing through parse_constant
+        raise RecordRejected("non_finite")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise RecordRejected("huge_number")
+    return int(text)
+
+
+def parse_object_line(raw: bytes) -> dict[str, Any]:
+    """One line of a state file as a JSON object, or RecordRejected with the reason it is not one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecordRejected("not_utf8") from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except RecordRejected:
+        raise
+    except RecursionError:  # `[[[[...` thousands deep: the decoder recurses once per level
+        raise RecordRejected("too_deep") from None
+    except ValueError:
+        raise RecordRejected("not_json") from None
+    if not isinstance(value, dict):
+        raise RecordRejected("not_object")
+    return value
+
+
+def _file_name(value: Any) -> str:
+    # A plain validator, not pydantic's str: names from os.scandir carry lone surrogates for bytes that are
+    # not UTF-8 (surrogateescape), which pydantic's core refuses; such a file must stay in the ledger.
+    if not isinstance(value, str):
+        raise PydanticCustomError("name_type", "a file name must be a string")
+    if not value or len(value) > MAX_NAME_CHARS or "\x00" in value:
+        raise PydanticCustomError("name_value", "a file name must be 1 to 4096 characters without NUL")
+    return value
+
+
+FileName = Annotated[str, PlainValidator(_file_name)]
+Size = Annotated[int, Field(ge=0, le=INT64_MAX)]
+# st_mtime_ns is signed: a camera PC with its clock at 1969 writes files with a negative mtime.
+MtimeNs = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+
+
+class FileRecord(BaseModel):
+    """The `file` of a verdict line: the scored file version (FileKey._asdict())."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    name: FileName
+    size: Size
+    mtime_ns: MtimeNs
+
+    def key(self) -> FileKey:
+        return FileKey(self.name, self.size, self.mtime_ns)
+
+
+class JournalTailRecord(BaseModel):
+    """What start-up reads from a journal line: its source and scored file version; other keys pass through."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    source: str | None = None
+    file: FileRecord | None = None
+
+
+_KNOWN_KEYS = frozenset({"source", "file", "name", "size", "mtime_ns", "p", "s", "m"})
+
+
+def rejection_reason(exc: ValidationError) -> str:
+    """A short reason for a record pydantic refused: `file.size.less_than_equal`.
+
+    Only known key names and pydantic's error type go in it: an unknown key is text from the file, and
+    must not reach the log.
+    """
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return "invalid"
+    err = errors[0]
+    known = [part for part in err["loc"] if isinstance(part, str) and part in _KNOWN_KEYS]
+    return ".".join([*known, err["type"]])
+
+
+class Rejections:
+    """The bad lines of one state file, read once: counted per reason, logged once with the first line."""
+
+    def __init__(self, file: str, path: Path) -> None:
+        self.file = file  # "journal" or "ledger": the metric's label, from a fixed set
+        self.path = path
+        self.reasons: Counter[str] = Counter()
+        self.first_line = 0
+        self.first_reason = ""
+
+    @property
+    def count(self) -> int:
+        return sum(self.reasons.values())
+
+    def add(self, line: int, reason: str) -> None:
+        if not self.reasons:
+            self.first_line, self.first_reason = line, reason
+        self.reasons[reason] += 1
+
+    def report(self, **extra: object) -> None:
+        """One warning and one counter increment for all of the file's bad lines (none when it had none)."""
+        if not self.reasons:
+            return
+        metrics.STATE_RECORDS_REJECTED.labels(self.file).inc(self.count)
+        more = "".join(f" {k}={v}" for k, v in extra.items())
+        reasons = ",".join(f"{r}:{n}" for r, n in self.reasons.most_common())
+        log.warning("state_records_rejected file=%s path=%s count=%d first_line=%d reason=%s reasons=%s%s",
+                    self.file, self.path, self.count, self.first_line, self.first_reason, reasons, more)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """False when the file's last line was cut by a crash (the next append would be glued onto it)."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except OSError:
+        return True  # nothing to repair that we can read; the append itself will say what is wrong
 
 
 class Journal:
@@ -21,7 +185,11 @@ class Journal:
         self.max_bytes = max_bytes
         self.backups = backups
         self._lock = threading.Lock()
+        cut = self.path.exists() and not _ends_with_newline(self.path)
         self._file = LineFile(self.path)
+        if cut:
+            # A crash mid-line: end that line, so the first record of this run is a line of its own.
+            self._file.write("\n")
 
     def append(self, record: dict) -> None:
         """Write one line and flush it to the OS (a crash of this process loses nothing written)."""
@@ -64,21 +232,47 @@ def read_journal(path: Path) -> list[dict]:
 
 
 def read_journal_tail(path: Path, max_bytes: int = 4 * 2**20) -> list[dict]:
-    """The last records of a journal file, at most `max_bytes` of it; a line cut by a crash is skipped."""
+    """The last records of a journal file, at most `max_bytes` of it, each a validated JSON object.
+
+    A line that is not one (cut by a crash, not UTF-8, not an object, Infinity, a bad `file`) is skipped and
+    counted; a journal that cannot be read gives no records. Never raises: the daemon must start either way,
+    and the journal's tail only saves rescoring a few files.
+    """
     path = Path(path)
-    if not path.exists():
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
         return []
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - max_bytes))
-        data = f.read()
+    except OSError as exc:
+        metrics.STATE_FILES_UNREADABLE.labels("journal").inc()
+        log.warning("journal_unreadable path=%s error=%s action=start_without_tail", path,
+                    (exc.strerror or type(exc).__name__).replace(" ", "_"))
+        return []
     lines = data.split(b"\n")
-    if size > max_bytes:
-        lines = lines[1:]  # the first line is probably cut by the seek
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
+    if start > 0:
+        lines = lines[1:]  # the first line is probably cut by the seek: not a bad record, just a partial one
+    rejected = Rejections("journal", path)
+    records: list[dict] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
             continue
+        try:
+            record = parse_object_line(line)
+            JournalTailRecord.model_validate(record)
+        except RecordRejected as exc:
+            rejected.add(lineno, exc.reason)
+            continue
+        except ValidationError as exc:
+            rejected.add(lineno, rejection_reason(exc))
+            continue
+        except RecursionError:  # nesting the parser took but the validator's copy could not
+            rejected.add(lineno, "too_deep")
+            continue
+        records.append(record)
+    # Line numbers count from the start of what was read; `from_byte` says where that was.
+    rejected.report(from_byte=start)
     return records

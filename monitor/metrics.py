@@ -107,3 +107,41 @@ def serve(host: str, port: int) -> int:
     """Start the /metrics HTTP server in a daemon thread; returns the bound port (port 0 picks one)."""
     server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
     return server.server_address[1]
+
+# --- alerts: permanent rejections and bad outbox records (issue 11) ------------------------
+ALERTS_REJECTED = Counter(
+    _name("alerts_rejected"), "Alerts a sink refused for good (HTTP 4xx, SMTP 5xx), parked in rejected/, by sink.",
+    ["sink"], registry=REGISTRY,
+)
+ALERT_OUTBOX_CORRUPT = Counter(
+    _name("alert_outbox_corrupt"), "Outbox files that were not a valid alert record, set aside in corrupt/, by sink.",
+    ["sink"], registry=REGISTRY,
+)
+
+# --- folder sources: faults ------------------------------------------------------------------
+# Appended, not folded into files_ignored: that counter's labels (source only) are read by dashboards.
+FILES_SKIPPED = Counter(
+    _name("files_skipped"),
+    "Image-named entries in watched folders never opened, by reason (not_regular: FIFO, socket, device; "
+    "symlink: a link, to a file or through a folder, that could lead out of or around the tree).",
+    ["source", "reason"], registry=REGISTRY,
+)
+SOURCE_FOLDER_PRESENT = Gauge(
+    _name("source_folder_present"),
+    "1 while the source's watched folder exists and is watched, 0 while it is missing (removed or replaced).",
+    ["source"], registry=REGISTRY,
+)
+
+# --- state files read at start: bad records (issue 11) ---------------------------------------
+STATE_RECORDS_REJECTED = Counter(
+    _name("state_records_rejected"),
+    "Lines of state files skipped at start as not a valid record (not UTF-8, not a JSON object, non-finite or "
+    "out-of-range numbers, wrong shape), by file (journal: its tail; ledger: a folder source's ledger).",
+    ["file"], registry=REGISTRY,
+)
+STATE_FILES_UNREADABLE = Counter(
+    _name("state_files_unreadable"),
+    "State files that could not be read at start (a folder, no permission, an I/O error), by file "
+    "(journal, ledger); the daemon starts without them.",
+    ["file"], registry=REGISTRY,
+)

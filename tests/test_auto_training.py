@@ -102,3 +102,10 @@ def test_a_sidecar_naming_a_density_that_is_missing_is_refused(auto_bundle, tmp_
     (copy / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="gone.npz: cannot load the density parameters"):
         load_bundle(copy)
+
+
+def test_the_report_lists_every_candidate_and_the_choice(auto_bundle):
+    text = (auto_bundle / "report" / "settings.txt").read_text()
+    chosen = load_bundle(auto_bundle).meta["training"]["selection"]["chosen"]
+    assert f"synthetic defects: {chosen}" in text
+    assert text.count("AUROC") >= 10 and "chosen from the data:" in text

@@ -8,7 +8,7 @@ import requests
 
 from monitor.alerts.base import Sink, headers_from_env
 from monitor.alerts.config import AlertmanagerSinkConfig
-from monitor.alerts.events import Alert, SinkError, iso
+from monitor.alerts.events import Alert, SinkError, http_error, iso
 
 _EVENT_ALERTNAMES = {"camera_lost": "CameraLost", "camera_found": "CameraLost",
                      "daemon_start": "AnomalyMonitorStarted", "daemon_stop": "AnomalyMonitorStopped",
@@ -67,7 +67,8 @@ class AlertmanagerSink(Sink):
         except requests.RequestException as exc:
             raise SinkError(f"POST {url} failed: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
-            raise SinkError(f"HTTP {resp.status_code} from {url}: {resp.text[:200]!r}")
+            # A 400 (an alert Alertmanager cannot parse) is permanent; 5xx, 408 and 429 are retried.
+            raise http_error(resp.status_code, f"HTTP {resp.status_code} from {url}: {resp.text[:200]!r}")
 
     def close(self) -> None:
         self._session.close()

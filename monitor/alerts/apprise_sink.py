@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 
 
 class AppriseSink(Sink):
-    """Success when Apprise reports every URL notified; a failure resends to all of them."""
+    """Success when Apprise reports every URL notified; a failure resends to all of them.
+
+    Apprise answers only True or False, not why a service refused, so every failure here is temporary.
+    """
 
     config: AppriseSinkConfig
 

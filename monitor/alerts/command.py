@@ -7,11 +7,18 @@ import subprocess
 
 from monitor.alerts.base import Sink
 from monitor.alerts.config import CommandSinkConfig
-from monitor.alerts.events import Alert, SinkError
+from monitor.alerts.events import Alert, PermanentSinkError, SinkError
+
+# sysexits.h EX_DATAERR: the program says this alert is wrong and will never be taken; any other
+# non-zero status may be passing (a network down, a lock held), so it is retried with backoff.
+EX_DATAERR = 65
 
 
 class CommandSink(Sink):
-    """Exit status 0 is success; a non-zero status, a missing program or the timeout is a failure."""
+    """Exit status 0 is success; a non-zero status, a missing program or the timeout is a failure.
+
+    Exit status 65 (EX_DATAERR) is a permanent rejection: the alert is parked in `rejected/`, not retried.
+    """
 
     config: CommandSinkConfig
 
@@ -32,4 +39,5 @@ class CommandSink(Sink):
             raise SinkError(f"cannot run {c.argv[0]}: {exc.strerror or exc}") from None
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip()[-300:]
-            raise SinkError(f"{c.argv[0]} exited with status {proc.returncode}: {tail!r}")
+            error = PermanentSinkError if proc.returncode == EX_DATAERR else SinkError
+            raise error(f"{c.argv[0]} exited with status {proc.returncode}: {tail!r}")

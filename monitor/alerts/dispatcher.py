@@ -18,7 +18,7 @@ from monitor import metrics
 from monitor.alerts.base import build_sink
 from monitor.alerts.config import AlertsConfig
 from monitor.alerts.events import TEST_KIND, Alert, SinkError
-from monitor.alerts.outbox import Outbox
+from monitor.alerts.outbox import Outbox, log_safe
 from monitor.alerts.worker import SinkWorker, write_alert
 from monitor.records import SourceEvent, Verdict
 
@@ -62,7 +62,7 @@ class AlertDispatcher:
                 n = self.outbox.count(other)
                 if n:
                     log.warning("alert_outbox_orphaned sink=%s alerts=%d reason=sink_not_configured",
-                                other, n)
+                                log_safe(other), n)
         for worker in self._workers:
             worker.start()
         log.info("alert_dispatcher_started sinks=%s", ",".join(w.name for w in self._workers) or "none")

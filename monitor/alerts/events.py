@@ -17,6 +17,34 @@ TEST_KIND = "test"
 class SinkError(Exception):
     """A delivery attempt failed; the message says why (retried by the dispatcher)."""
 
+    # False: the sink may take the same alert later (down, busy, timeout); it is retried with backoff.
+    permanent = False
+
+
+class PermanentSinkError(SinkError):
+    """The sink refused this alert for good (HTTP 400, SMTP 550): retrying the same alert cannot succeed.
+
+    The worker parks it in the sink's `rejected/` folder at once and moves on, so one alert the sink will
+    never take does not hold every alert behind it for `max_age_s`.
+    """
+
+    permanent = True
+
+
+# HTTP answers in 4xx that say "not now" rather than "never": Request Timeout and Too Many Requests.
+RETRYABLE_4XX = frozenset({408, 429})
+
+
+def http_error(status: int, detail: str) -> SinkError:
+    """The SinkError for an HTTP answer that is not a success: permanent for a 4xx other than 408 and 429.
+
+    A 4xx says the request itself is wrong (bad payload, revoked webhook, too large), so the same alert
+    would be refused again; 5xx, 408 and 429 say the server may take it later.
+    """
+    if 400 <= status < 500 and status not in RETRYABLE_4XX:
+        return PermanentSinkError(detail)
+    return SinkError(detail)
+
 
 def iso(ts: float) -> str:
     """RFC 3339 UTC time with milliseconds, as Alertmanager and most chat tools expect."""

@@ -10,14 +10,39 @@ from email.utils import formatdate, make_msgid
 
 from monitor.alerts.base import Sink, password
 from monitor.alerts.config import EmailSinkConfig
-from monitor.alerts.events import Alert, SinkError
+from monitor.alerts.events import Alert, PermanentSinkError, SinkError
 
 log = logging.getLogger(__name__)
 _MAX_ATTACHMENT_BYTES = 10 * 2**20
 
 
+def _permanent_code(code: object) -> bool:
+    """An SMTP reply code that means "never" for this message (5xx), other than 530 (log in first).
+
+    530 and a failed login (535) are the sink's configuration, not the alert: fixing the password must let
+    the waiting alerts through, so those stay temporary.
+    """
+    return isinstance(code, int) and 500 <= code < 600 and code != 530
+
+
+def smtp_error(exc: smtplib.SMTPException | OSError, where: str) -> SinkError:
+    """The SinkError for what smtplib raised: permanent for 5xx replies about the sender, the recipients or
+    the message (550 no such user, 553 malformed address, 552/554 message refused), temporary otherwise."""
+    detail = f"SMTP {where}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        if codes and all(_permanent_code(code) for code in codes):
+            return PermanentSinkError(detail)
+    elif isinstance(exc, (smtplib.SMTPSenderRefused, smtplib.SMTPDataError)) and _permanent_code(exc.smtp_code):
+        return PermanentSinkError(detail)
+    return SinkError(detail)
+
+
 class EmailSink(Sink):
-    """One message per alert to every recipient; a failure of the server or the login is retried."""
+    """One message per alert to every recipient; a failure of the server or the login is retried.
+
+    A 5xx refusal of the sender, of every recipient or of the message itself is permanent (smtp_error).
+    """
 
     config: EmailSinkConfig
 
@@ -74,9 +99,10 @@ class EmailSink(Sink):
                     smtp.login(c.username, secret)
                 refused = smtp.send_message(msg, from_addr=c.sender, to_addrs=c.to)
         except (smtplib.SMTPException, OSError) as exc:
-            raise SinkError(f"SMTP {c.host}:{c.effective_port}: {type(exc).__name__}: {exc}") from None
+            raise smtp_error(exc, f"{c.host}:{c.effective_port}") from None
         if refused and len(refused) == len(c.to):
-            raise SinkError(f"every recipient refused: {', '.join(sorted(refused))}")
+            # smtplib raises SMTPRecipientsRefused for this itself; kept in case a server answers oddly.
+            raise smtp_error(smtplib.SMTPRecipientsRefused(refused), f"{c.host}:{c.effective_port}")
         if refused:
             # The others got it: a retry would send them duplicates, so say so and count it delivered.
             log.warning("email_recipients_refused sink=%s refused=%s", self.name, ",".join(sorted(refused)))

@@ -6,7 +6,7 @@ import requests
 
 from monitor.alerts.base import Sink, env_secret, headers_from_env
 from monitor.alerts.config import WebhookSinkConfig
-from monitor.alerts.events import Alert, SinkError
+from monitor.alerts.events import Alert, SinkError, http_error
 
 _COLOURS = {"warning": "#d70000", "info": "#2e7d32"}
 
@@ -58,7 +58,10 @@ def teams_payload(alert: Alert) -> dict:
 
 
 class WebhookSink(Sink):
-    """POST the alert; any 2xx is success, anything else (or no answer in timeout_s) a failure."""
+    """POST the alert; any 2xx is success, anything else (or no answer in timeout_s) a failure.
+
+    A 4xx other than 408 and 429 is a permanent rejection (see http_error): the alert is parked, not retried.
+    """
 
     config: WebhookSinkConfig
 
@@ -86,7 +89,7 @@ class WebhookSink(Sink):
         except requests.RequestException as exc:
             raise SinkError(f"POST failed: {type(exc).__name__}: {exc}") from None
         if not 200 <= resp.status_code < 300:
-            raise SinkError(f"HTTP {resp.status_code}: {resp.text[:200]!r}")
+            raise http_error(resp.status_code, f"HTTP {resp.status_code}: {resp.text[:200]!r}")
 
     def close(self) -> None:
         self._session.close()

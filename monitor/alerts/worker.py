@@ -1,9 +1,12 @@
-"""Delivery for one sink, on its own thread: oldest alert first, retries with backoff, expiry.
+"""Delivery for one sink, on its own thread: oldest alert first, retries with backoff, expiry, rejection.
 
 A worker sends its pending alerts in sequence order (so per source too), retries the oldest one with
 exponential backoff until the sink accepts it or it passes `max_age_s`, and removes a file only after the
-sink accepted it. Its sink's AlertPolicy lives here, under the worker's lock, because the worker is the
-one that waits: it wakes when a cooldown that holds anomalies ends and queues their digest.
+sink accepted it. A sink that refuses an alert for good (PermanentSinkError: HTTP 400, SMTP 550) has it
+parked in `rejected/` at once, and the next alert goes out without waiting: retrying cannot help it, and
+it must not hold every alert behind it for a day. Its sink's AlertPolicy lives here, under the worker's
+lock, because the worker is the one that waits: it wakes when a cooldown that holds anomalies ends and
+queues their digest.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from collections.abc import Callable
 from monitor import metrics
 from monitor.alerts.base import Sink
 from monitor.alerts.config import AlertsConfig, SinkConfig
-from monitor.alerts.events import Alert, SinkError
-from monitor.alerts.outbox import Outbox
+from monitor.alerts.events import Alert, SinkError, iso
+from monitor.alerts.outbox import Outbox, log_safe
 from monitor.alerts.policy import AlertPolicy, Decision
 from monitor.threads import StoppableThread
 
@@ -56,6 +59,10 @@ class SinkWorker:
         self._draining = False
         self._attempts = 0
         self._next_attempt = 0.0  # monotonic
+        self._last_error = ""  # the sink's last answer, kept in the reason file of an expired alert
+        # A digest the sink refused for good is sent again one alert at a time, up to this sequence number,
+        # so a refusal of the merged message (too large, say) rejects only the alerts the sink refuses alone.
+        self._single_through = -1
         self._done = threading.Event()
         self.thread = StoppableThread(f"alerts-{self.name}", self._run)
 
@@ -174,6 +181,8 @@ class SinkWorker:
             digest_at = self._policy.next_digest_at()
             self._wait(self._next_attempt if digest_at is None else min(self._next_attempt, digest_at), now)
             return []
+        if head.seq <= self._single_through:
+            return [head]
         return self._policy.take(self._pending)
 
     def _wait(self, until: float | None, now: float) -> None:
@@ -183,15 +192,22 @@ class SinkWorker:
     def _send(self, batch: list[Alert]) -> None:
         message = batch[0].merged(batch[1:]) if len(batch) > 1 else batch[0]
         error = None
+        permanent = False
         try:
             self.sink.send(message)
         except SinkError as exc:
             error = str(exc)
+            permanent = exc.permanent
         except Exception as exc:  # noqa: BLE001 - a sink bug must not kill its worker
+            # Temporary: a bug may depend on the moment; the outbox loader already refuses malformed alerts.
             error = f"{type(exc).__name__}: {exc}"
         with self._cond:
             if error is None:
                 self._delivered(batch)
+            elif permanent and len(batch) > 1:
+                self._unmerge(batch, error)
+            elif permanent:
+                self._rejected(message, error)
             else:
                 self._failed(message, error)
 
@@ -205,28 +221,66 @@ class SinkWorker:
         metrics.ALERTS_SENT.labels(self.name).inc()
         self._attempts = 0
         self._next_attempt = 0.0
+        self._last_error = ""
         head = batch[0]
         log.info("alert_sent sink=%s id=%s kind=%s source=%s anomalies=%d latency_s=%.3f", self.name,
-                 head.id, head.kind, head.source, sum(len(a.verdicts) for a in batch), now - head.created)
+                 head.id, head.kind, log_safe(head.source), sum(len(a.verdicts) for a in batch), now - head.created)
 
     def _failed(self, message: Alert, error: str) -> None:
         cfg = self._settings
         self._attempts += 1
+        self._last_error = error
         delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * 2 ** (self._attempts - 1))
         self._next_attempt = time.monotonic() + delay
         metrics.ALERTS_FAILED.labels(self.name).inc()
         log.warning("alert_failed sink=%s id=%s kind=%s source=%s attempt=%d retry_in_s=%.3g waiting=%d "
-                    "error=%s", self.name, message.id, message.kind, message.source, self._attempts, delay,
-                    len(self._pending), error)
+                    "error=%s", self.name, message.id, message.kind, log_safe(message.source), self._attempts, delay,
+                    len(self._pending), log_safe(error))
+
+    def _unmerge(self, batch: list[Alert], error: str) -> None:
+        """The sink refused a digest for good: send its alerts one by one, now, so each is judged alone."""
+        self._single_through = batch[-1].seq
+        metrics.ALERTS_FAILED.labels(self.name).inc()
+        log.warning("alert_digest_rejected sink=%s id=%s source=%s alerts=%d action=send_singly error=%s",
+                    self.name, batch[0].id, log_safe(batch[0].source), len(batch), log_safe(error))
+
+    def _rejected(self, alert: Alert, error: str) -> None:
+        """Park an alert the sink refused for good in `rejected/` and go on with the next one at once."""
+        self._pending.remove(alert)
+        reason = (f"rejected by sink {self.name} at {iso(time.time())} (alert {alert.kind} of {alert.source}, "
+                  f"created {iso(alert.created)}, attempt {self._attempts + 1}): {error}")
+        try:
+            kept = self._outbox.reject(alert, reason, self._settings.expired_keep)
+        except OSError as exc:
+            # Out of the queue all the same: the file stays in the outbox and is tried again at the next start.
+            metrics.ERRORS.labels("alerts").inc()
+            log.error("alert_reject_failed sink=%s id=%s error=%s", self.name, alert.id, log_safe(str(exc)))
+            kept = None
+        self._outbox_changed(-1)
+        metrics.ALERTS_REJECTED.labels(self.name).inc()
+        log.error("alert_rejected sink=%s id=%s kind=%s source=%s kept=%s reason=%s", self.name, alert.id,
+                  alert.kind, log_safe(alert.source), kept or "no", log_safe(error))
+        # No backoff: the sink is up and answering, so the next alert goes out now with its own retries.
+        self._attempts = 0
+        self._next_attempt = 0.0
+        self._last_error = ""
 
     def _expire(self, alert: Alert, age: float) -> None:
         self._pending.remove(alert)
-        kept = self._outbox.expire(alert, self._settings.expired_keep)
+        reason = (f"expired after {age:.0f} s and {self._attempts} attempts at sink {self.name}; last error: "
+                  f"{self._last_error or 'none'}")
+        try:
+            kept = self._outbox.expire(alert, self._settings.expired_keep, reason)
+        except OSError as exc:
+            metrics.ERRORS.labels("alerts").inc()
+            log.error("alert_expire_failed sink=%s id=%s error=%s", self.name, alert.id, log_safe(str(exc)))
+            kept = None
         self._outbox_changed(-1)
         metrics.ALERTS_EXPIRED.labels(self.name).inc()
         log.error("alert_expired sink=%s id=%s kind=%s source=%s age_s=%.0f attempts=%d anomalies=%d kept=%s",
-                  self.name, alert.id, alert.kind, alert.source, age, self._attempts, len(alert.verdicts),
+                  self.name, alert.id, alert.kind, log_safe(alert.source), age, self._attempts, len(alert.verdicts),
                   kept or "no")
         # The next alert gets its own full set of retries.
         self._attempts = 0
         self._next_attempt = 0.0
+        self._last_error = ""

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +33,14 @@ MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
 FORMAT = "anomaly-monitor-bundle"
 FORMAT_VERSION = 1
+
+# Inputs are in [0, 1], so every score is bounded: a squared or absolute error by 1, 1-SSIM by 2, a
+# density-combined score by its scale's ratio. A threshold above this is a broken sidecar under which
+# nothing could ever be an anomaly; a margin above MAX_MARGIN is a typo, not a calibration.
+MAX_THRESHOLD = 1e6
+MAX_MARGIN = 100.0
+# Score parameters are pixel widths and a quantile; bounds that a misplaced value (a 1e300, a string) fails.
+MAX_SIGMA_PX = 100.0
 
 
 class BundleError(Exception):
@@ -72,6 +82,22 @@ class ScoreMeta(StrictModel):
     name: str = "mse"
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("params")
+    @classmethod
+    def _sane_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The score functions take these as plain floats: a string or a 1e300 would fail (or blur the whole
+        # image away) at the first image, long after start-up said the bundle was fine.
+        for key in ("sigma", "smooth", "q"):
+            if key not in value:
+                continue
+            number = value[key]
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+                raise ValueError(f"{key} must be a finite number, got {number!r}")
+            high = 1.0 if key == "q" else MAX_SIGMA_PX
+            if not 0 < number <= high:
+                raise ValueError(f"{key} must be greater than 0 and at most {high:g}, got {number!r}")
+        return value
+
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
@@ -90,7 +116,7 @@ class ThresholdMeta(_Section):
     """threshold = margin x quantile(calibration scores); value and method are written for people."""
 
     quantile: float = Field(strict=True, gt=0, lt=1)
-    margin: float = Field(default=1.0, strict=True, gt=0, allow_inf_nan=False)
+    margin: float = Field(default=1.0, strict=True, gt=0, le=MAX_MARGIN, allow_inf_nan=False)
     value: float | None = None
     method: str | None = None
 
@@ -177,10 +203,25 @@ class BundleMeta(_Section):
 def parse_meta(meta: Any, where: str | Path) -> BundleMeta:
     """The validated sidecar; BundleError (one line: ``WHERE: key.path: message``) when it cannot be used."""
     try:
-        return BundleMeta.model_validate(meta)
+        sidecar = BundleMeta.model_validate(meta)
     except ValidationError as exc:
         problems = [f"{key_path(err['loc']) or '(top level)'}: {error_message(err)}" for err in exc.errors()]
-        raise BundleError(f"{where}: " + "; ".join(problems)) from None
+        raise BundleError(f"{where}: " + _one_line("; ".join(problems))) from None
+    except RecursionError:
+        raise BundleError(f"{where}: nested too deeply") from None
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308-sized scores overflow: refused just below
+        value = default_threshold(np.asarray(sidecar.calibration.scores), sidecar.threshold.quantile,
+                                  sidecar.threshold.margin)
+    if not math.isfinite(value) or value > MAX_THRESHOLD:
+        raise BundleError(f"{where}: threshold: margin x quantile {sidecar.threshold.quantile} of "
+                          f"calibration.scores is {value:.6g}, above any score a model of inputs in [0, 1] gives "
+                          f"(at most {MAX_THRESHOLD:g}): nothing could ever be an anomaly")
+    return sidecar
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters escaped: a key from the file must not split the error line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def default_threshold(calibration_scores: np.ndarray, quantile: float, margin: float = 1.0) -> float:
@@ -287,6 +328,10 @@ def _read_meta(path: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise BundleError(f"{meta_path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") \
             from None
+    except RecursionError:  # the json module recurses once per nesting level
+        raise BundleError(f"{meta_path}: not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer with more digits than Python converts
+        raise BundleError(f"{meta_path}: not valid JSON: {_one_line(str(exc))}") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path}: must hold a JSON object")
     return meta
@@ -304,13 +349,19 @@ def load_bundle(path: str | Path) -> Bundle:
     model_path = path / sidecar.model_file
     if not model_path.is_file():
         raise BundleError(f"{path}: model file {model_path.name} is missing")
+    if model_path.suffix == ".keras" and not zipfile.is_zipfile(model_path):
+        # Keras says "File not found" for a file that is there but is no zip archive (truncated, corrupt).
+        raise BundleError(f"{model_path}: cannot load the Keras model: not a .keras zip archive "
+                          "(truncated or corrupt)")
     import keras  # late: reading a sidecar must not pay for TensorFlow
 
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a corrupt or unsafe file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"{model_path}: cannot load the Keras model: {first}") from None
+        if first.startswith("File not found") and model_path.is_file():
+            first = f"the file is there but unreadable as a Keras model ({first})"
+        raise BundleError(f"{model_path}: cannot load the Keras model: {_one_line(first)}") from None
     want = (sidecar.input.height, sidecar.input.width, sidecar.input.channels)
     shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     if shape != want:
@@ -333,8 +384,8 @@ def _load_density(path: Path, sidecar: BundleMeta) -> Any:
     file = path / sidecar.density.file
     try:
         gaussian = FeatureGaussian.load(path, sidecar.density.file)
-    except (OSError, ValueError, KeyError) as exc:
-        raise BundleError(f"{file}: cannot load the density parameters: {exc}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # BadZipFile: a truncated .npz
+        raise BundleError(f"{file}: cannot load the density parameters: {_one_line(str(exc))}") from None
     if gaussian.mode != sidecar.density.mode:
         raise BundleError(f"{file}: holds mode {gaussian.mode!r}, the sidecar says {sidecar.density.mode!r}")
     return gaussian

@@ -5,12 +5,20 @@ backlog scan. It is read only when it is complete: closed by its writer and quie
 or (no close seen, e.g. a network share) unchanged in size for `stable_s`; and its bytes must be a
 whole image (PNG IEND, JPEG EOI, BMP size) that decodes. Otherwise it is retried until
 `incomplete_timeout_s` after its last change, then quarantined with the reason.
+
+Only regular files are opened, without blocking and without following links: a FIFO named `x.png` would
+block a plain open() for ever, and a link (to a file, or a folder linked to a parent) would show the same
+file twice. The watched folder itself may be removed, re-created or replaced by a rename at any time: the
+inotify watch dies with the folder it was on, so the settle loop checks the folder's identity twice a
+second, says `folder_lost`, and when a folder is there again watches it anew and scans its backlog.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +28,7 @@ from pathlib import Path
 import cv2
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileClosedNoWriteEvent,
@@ -34,7 +43,7 @@ from watchdog.observers import Observer
 from monitor import metrics
 from monitor.batching import FrameQueue, QueueClosed
 from monitor.config import FolderSourceConfig
-from monitor.images import decode_image, image_is_complete, is_image_name, is_self_delimited
+from monitor.images import ImageTooLarge, decode_image, image_is_complete, is_image_name, is_self_delimited
 from monitor.records import FileKey, Frame
 from monitor.sources.base import Source
 from monitor.sources.ledger import Ledger
@@ -45,6 +54,20 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 0.25
 _TICK_S = 0.05
+_FOLDER_CHECK_S = 0.5  # how often the settle loop checks that the watched folder is still the watched one
+_IGNORED_MAX = 10_000  # paths remembered so an ignored file is logged and counted once
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, for ever.
+_FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Skip(Exception):
+    """The entry is not a regular file reached without links: never read it."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason  # one of FolderSource.SKIP_REASONS
+        self.detail = detail
 
 
 @dataclass
@@ -69,6 +92,8 @@ class _Events(FileSystemEventHandler):
             src.scan(Path(os.fsdecode(getattr(event, "dest_path", "") or event.src_path)))
             return
         if event.is_directory:
+            if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == os.path.abspath(src.folder):
+                src.folder_deleted()  # the emitter stops itself after this event: the watch is dead
             return
         if isinstance(event, FileDeletedEvent):
             src.forget(Path(os.fsdecode(event.src_path)))
@@ -82,6 +107,9 @@ class _Events(FileSystemEventHandler):
 class FolderSource(Source):
     """Watches one folder and feeds complete image files into the frame queue."""
 
+    # Bounded label values for anomaly_monitor_files_skipped_total{reason=...}.
+    SKIP_REASONS = ("not_regular", "symlink")
+
     def __init__(self, config: FolderSourceConfig, queue: FrameQueue, ledger: Ledger,
                  quarantine: Quarantine) -> None:
         self.config = config
@@ -94,9 +122,14 @@ class FolderSource(Source):
         self._pending: dict[Path, _Candidate] = {}
         self._inflight: dict[Path, FileKey] = {}
         self._ignored: OrderedDict[Path, None] = OrderedDict()
+        self._skipped: OrderedDict[tuple[Path, int], None] = OrderedDict()  # (path, inode): logged once
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._observer = None
+        self._watch = None  # the watchdog ObservedWatch of the folder, None while the folder is lost
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
+        self._folder_deleted = threading.Event()  # set from the observer thread on the folder's DirDeletedEvent
+        self._next_folder_check = 0.0
         self.thread = StoppableThread(f"folder-{self.name}", self._run)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -105,10 +138,12 @@ class FolderSource(Source):
         self.folder.mkdir(parents=True, exist_ok=True)
         self._observer = Observer()
         self._observer.name = f"watch-{self.name}"
-        self._observer.schedule(_Events(self), str(self.folder), recursive=self.config.recursive)
+        self._schedule()
         self._observer.start()
         existing = self.scan(self.folder)
         self.ledger.compact(existing)
+        metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(1)
+        self._next_folder_check = time.monotonic() + _FOLDER_CHECK_S
         self.thread.start()
         log.info("folder_source_started source=%s folder=%s backlog=%d", self.name, self.folder,
                  len(self._pending))
@@ -129,6 +164,64 @@ class FolderSource(Source):
     def close(self) -> None:
         self.ledger.close()
 
+    # --- the watched folder itself --------------------------------------------------------------
+    def _folder_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the folder now at the configured path; None when there is no folder."""
+        try:
+            st = os.stat(self.folder)  # the configured path itself may be a link: the operator chose it
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+    def _schedule(self) -> None:
+        """Watch the folder now at the path; raises OSError when it cannot be watched."""
+        identity = self._folder_identity()
+        # follow_symlink=False: links to folders inside the tree are not watched through (IN_DONT_FOLLOW).
+        self._watch = self._observer.schedule(_Events(self), str(self.folder), recursive=self.config.recursive,
+                                              follow_symlink=False)
+        self._identity = identity
+
+    def _unschedule(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is None or self._observer is None:
+            return
+        try:
+            self._observer.unschedule(watch)
+        except Exception:  # noqa: BLE001 - an emitter that died with its folder may fail to stop; it is gone
+            log.debug("folder_unschedule_failed source=%s", self.name, exc_info=True)
+
+    def folder_deleted(self) -> None:
+        """The watched folder was deleted (its watch is dead): check at once rather than at the next poll."""
+        self._folder_deleted.set()
+        self._wake.set()
+
+    def _check_folder(self, now: float) -> None:
+        """Notice a lost, re-created or replaced folder; re-watch it and scan its backlog when it is back."""
+        if now < self._next_folder_check and not self._folder_deleted.is_set():
+            return
+        self._next_folder_check = now + _FOLDER_CHECK_S
+        deleted = self._folder_deleted.is_set()
+        self._folder_deleted.clear()
+        identity = self._folder_identity()
+        if self._watch is not None and (deleted or identity != self._identity):
+            # The inotify watch follows the inode, not the path: on a deleted folder it is dead, on a
+            # renamed one it reports the old folder's files under the new folder's path.
+            self._unschedule()
+            with self._lock:
+                self._pending.clear()  # their paths now name other files or none; the backlog scan re-offers
+            metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(0)
+            log.warning("folder_lost source=%s folder=%s", self.name, self.folder)
+            identity = self._folder_identity()  # a replacement may already be there
+        if self._watch is None and identity is not None:
+            try:
+                self._schedule()
+            except OSError as exc:
+                log.info("folder_watch_retry source=%s folder=%s error=%s", self.name, self.folder, exc)
+                return
+            self.scan(self.folder)  # files that arrived while no watch was on the folder raised no event
+            metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(1)
+            log.warning("folder_found source=%s folder=%s backlog=%d", self.name, self.folder, len(self._pending))
+
     # --- candidates ---------------------------------------------------------------------------
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.folder).as_posix()
@@ -146,7 +239,7 @@ class FolderSource(Source):
             return True
         if path not in self._ignored:
             self._ignored[path] = None
-            if len(self._ignored) > 10_000:
+            if len(self._ignored) > _IGNORED_MAX:
                 self._ignored.popitem(last=False)
             metrics.FILES_IGNORED.labels(self.name).inc()
             log.info("file_ignored source=%s path=%s reason=extension", self.name, path)
@@ -177,20 +270,85 @@ class FolderSource(Source):
         with self._lock:
             self._pending.pop(path, None)
 
+    def _skip(self, path: Path, inode: int, reason: str, detail: str) -> None:
+        """Never read `path` (a FIFO, a socket, a link): forget it, log and count it once per file."""
+        self.forget(path)
+        with self._lock:
+            if (path, inode) in self._skipped:
+                return
+            self._skipped[(path, inode)] = None
+            if len(self._skipped) > _IGNORED_MAX:
+                self._skipped.popitem(last=False)
+        metrics.FILES_SKIPPED.labels(self.name, reason).inc()
+        log.warning("file_skipped source=%s path=%s reason=%s detail=%s", self.name, path, reason, detail)
+
+    def _classify(self, path: Path, st: os.stat_result) -> None:
+        """Raise _Skip unless `st` (from lstat) is a regular file."""
+        if stat.S_ISLNK(st.st_mode):
+            raise _Skip("symlink", "a link is never followed")
+        if not stat.S_ISREG(st.st_mode):
+            raise _Skip("not_regular", f"file type {stat.filemode(st.st_mode)[0]!r}, not a regular file")
+
+    def _open(self, path: Path) -> int:
+        """Open `path` read-only and without blocking, through no link below the watched folder.
+
+        Walks from the folder one component at a time with O_NOFOLLOW, so neither the file nor any folder
+        on its way may be a link; raises _Skip for a link or a non-regular file, OSError as open() does.
+        """
+        parts = Path(self._relative(path)).parts
+        dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                try:
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
+                            os.lstat(part, dir_fd=dir_fd).st_mode):
+                        raise _Skip("symlink", f"folder {part!r} on the way is a link") from exc
+                    raise
+                os.close(dir_fd)
+                dir_fd = next_fd
+            try:
+                fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _Skip("symlink", "a link is never followed") from exc
+                if exc.errno == errno.ENXIO:
+                    raise _Skip("not_regular", "a socket or a device without a reader") from exc
+                raise
+        finally:
+            os.close(dir_fd)
+        try:
+            self._classify(path, os.fstat(fd))  # what was opened, not what a name pointed to before
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def scan(self, folder: Path) -> list[FileKey]:
         """Offer every image under `folder` not yet in the ledger; returns the keys of all found."""
         found: list[tuple[float, Path, FileKey]] = []
-        walker = os.walk(folder) if self.config.recursive else [(str(folder), [], os.listdir(folder))]
-        for dirpath, _dirs, files in walker:
-            for name in files:
-                path = Path(dirpath) / name
-                if name.startswith(".") or not is_image_name(path, self._extensions):
-                    continue
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                found.append((st.st_mtime, path, FileKey(self._relative(path), st.st_size, st.st_mtime_ns)))
+        try:
+            # followlinks=False: a folder linked to a parent would list every file a second time.
+            walker = (os.walk(folder, followlinks=False) if self.config.recursive
+                      else [(str(folder), [], os.listdir(folder))])
+            entries = [(dirpath, name) for dirpath, _dirs, files in walker for name in files]
+        except OSError as exc:  # the folder vanished meanwhile: the folder check notices, the next scan finds
+            log.info("folder_scan_failed source=%s folder=%s error=%s", self.name, folder, exc)
+            return []
+        for dirpath, name in entries:
+            path = Path(dirpath) / name
+            if name.startswith(".") or not is_image_name(path, self._extensions):
+                continue
+            try:
+                st = os.lstat(path)
+                self._classify(path, st)
+            except OSError:
+                continue
+            except _Skip as skip:
+                self._skip(path, st.st_ino, skip.reason, skip.detail)
+                continue
+            found.append((st.st_mtime, path, FileKey(self._relative(path), st.st_size, st.st_mtime_ns)))
         found.sort()
         for mtime, path, key in found:
             if key not in self.ledger:
@@ -214,6 +372,11 @@ class FolderSource(Source):
             self._wake.wait(wait)
             self._wake.clear()
             now = time.monotonic()
+            try:
+                self._check_folder(now)
+            except Exception:  # noqa: BLE001 - a failed check is retried at the next poll; the source lives on
+                metrics.ERRORS.labels("watch").inc()
+                log.exception("folder_check_failed source=%s folder=%s", self.name, self.folder)
             with self._lock:
                 due_at = [(self._due_at(p, c), c.first_seen, p) for p, c in self._pending.items()]
             due = sorted((first, p) for at, first, p in due_at if at <= now)
@@ -246,9 +409,15 @@ class FolderSource(Source):
         if cand is None:
             return
         try:
-            st = path.stat()
-        except FileNotFoundError:
+            st = os.lstat(path)  # never stat() through a link; _open re-checks what it actually opens
+        except (FileNotFoundError, NotADirectoryError):
             self.forget(path)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            try:
+                self._classify(path, st)
+            except _Skip as skip:
+                self._skip(path, st.st_ino, skip.reason, skip.detail)
             return
         if st.st_size != cand.size:
             # A closed or self-delimited file is read at first look; any other size change restarts the
@@ -269,11 +438,23 @@ class FolderSource(Source):
                                 f"{st.st_size} bytes > max_file_bytes {self.config.max_file_bytes}")
             return
         try:
-            with open(path, "rb") as f:
-                data = f.read(self.config.max_file_bytes + 1)
-        except FileNotFoundError:
+            fd = self._open(path)
+        except _Skip as skip:
+            self._skip(path, st.st_ino, skip.reason, skip.detail)
+            return
+        except (FileNotFoundError, NotADirectoryError):
             self.forget(path)
             return
+        except OSError as exc:
+            self._retry_or_quarantine(path, cand, "unreadable", str(exc))
+            return
+        try:
+            with os.fdopen(fd, "rb") as f:
+                opened = os.fstat(f.fileno())
+                if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                    cand.last_change = time.monotonic()  # replaced between the look and the open: look again
+                    return
+                data = f.read(self.config.max_file_bytes + 1)
         except OSError as exc:
             self._retry_or_quarantine(path, cand, "unreadable", str(exc))
             return
@@ -288,6 +469,10 @@ class FolderSource(Source):
             return
         try:
             image = decode_image(data)
+        except ImageTooLarge as exc:
+            self.forget(path)  # refused from the header: nothing was decoded
+            self.quarantine.put(self.name, path, "too_large", str(exc))
+            return
         except cv2.error as exc:
             self.forget(path)
             reason = "too_large" if "pixels" in str(exc).lower() else "undecodable"
@@ -313,14 +498,19 @@ class FolderSource(Source):
         Closes the window between a verdict's journal line and its ledger line: after a crash there,
         the journal (the source of truth) says the file was scored, so it is not scored twice.
         """
+        from pydantic import ValidationError  # local: the only uses in this module
+
+        from monitor.journal import FileRecord
+
         added = 0
         for rec in records:
-            file = rec.get("file")
-            if rec.get("source") != self.name or not isinstance(file, dict):
+            # read_journal_tail validated these, but a caller may pass anything: a record that is not a dict,
+            # or whose `file` is not a valid file version (int(inf) raised OverflowError here), is skipped.
+            if not isinstance(rec, dict) or rec.get("source") != self.name or rec.get("file") is None:
                 continue
             try:
-                key = FileKey(str(file["name"]), int(file["size"]), int(file["mtime_ns"]))
-            except (KeyError, TypeError, ValueError):
+                key = FileRecord.model_validate(rec["file"]).key()
+            except (ValidationError, RecursionError):
                 continue
             if key not in self.ledger:
                 self.ledger.add(key)

@@ -1,20 +1,56 @@
-"""The processed-files ledger: which file versions a folder source has already scored."""
+"""The processed-files ledger: which file versions a folder source has already scored.
+
+The ledger is a cache of the journal (the source of truth): it saves rescoring a folder's backlog at each
+start. So nothing in it may stop a start. Each line is validated (LedgerRecord, strict); bad lines are
+skipped, counted and logged once, and the file is set aside as `<ledger>.rejected` and rewritten with the
+good lines, so the next start does not meet them again. A ledger that cannot be read at all (a folder, no
+permission, not a regular file) is set aside too, and the source starts with an empty ledger that the
+journal's tail then fills (FolderSource.reconcile).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from monitor import metrics
 from monitor.files import LineFile, atomic_write
+from monitor.journal import FileName, MtimeNs, RecordRejected, Rejections, Size, parse_object_line, rejection_reason
 from monitor.records import FileKey
 
 log = logging.getLogger(__name__)
 
+REJECTED_SUFFIX = ".rejected"
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+class LedgerRecord(BaseModel):
+    """One ledger line: {"p": name, "s": size, "m": mtime_ns}, exactly as `_line` writes it."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    p: FileName
+    s: Size
+    m: MtimeNs
+
+    def key(self) -> FileKey:
+        return FileKey(self.p, self.s, self.m)
+
+
 def _line(key: FileKey) -> str:
     return json.dumps({"p": key.name, "s": key.size, "m": key.mtime_ns}) + "\n"
+
+
+def _why(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).replace(" ", "_")
 
 
 class Ledger:
@@ -28,16 +64,88 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keys: set[FileKey] = set()
         self._lock = threading.Lock()
-        if self.path.exists():
-            with open(self.path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
+        self._file: LineFile | None = None  # None: the ledger lives in memory only (it could not be opened)
+        rejected, ends_clean = self._load()
+        if rejected.count:
+            set_aside = self._rewrite_without(rejected)
+            rejected.report(set_aside=set_aside or "no")
+            ends_clean = True if set_aside else ends_clean
+        self._open(ends_clean)
+
+    def _load(self) -> tuple[Rejections, bool]:
+        """Read the valid lines into `_keys`; returns the bad ones and whether the last line was whole."""
+        rejected = Rejections("ledger", self.path)
+        try:
+            # O_NONBLOCK: a FIFO left at the ledger's path would block a plain open() for ever.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return rejected, True
+        except OSError as exc:
+            self._unreadable(_why(exc))
+            return rejected, True
+        ends_clean = True
+        try:
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    f.close()
+                    self._unreadable("not_a_regular_file")
+                    return rejected, True
+                for lineno, raw in enumerate(f, 1):
+                    ends_clean = raw.endswith(b"\n")
+                    if not raw.strip():
+                        continue
                     try:
-                        rec = json.loads(line)
-                        self._keys.add(FileKey(rec["p"], int(rec["s"]), int(rec["m"])))
-                    except (ValueError, KeyError, TypeError):
-                        # A line cut by a crash mid-write: that one file may be scored again; nothing lost.
-                        log.warning("ledger_line_skipped path=%s line=%d", self.path, lineno)
-        self._file = LineFile(self.path)
+                        self._keys.add(LedgerRecord.model_validate(parse_object_line(raw)).key())
+                    except RecordRejected as exc:
+                        # The last line without a newline is the usual one: cut by a crash mid-write. That one
+                        # file may be scored again; nothing is lost.
+                        rejected.add(lineno, "cut_line" if not ends_clean else exc.reason)
+                    except ValidationError as exc:
+                        rejected.add(lineno, rejection_reason(exc))
+        except OSError as exc:  # an I/O error mid-file: keep what was read, set the rest aside
+            self._unreadable(_why(exc))
+            return rejected, True
+        return rejected, ends_clean
+
+    def _set_aside(self, suffix: str) -> Path | None:
+        """Move the ledger file (or whatever is at its path) out of the way; None when that fails."""
+        aside = self.path.with_name(self.path.name + suffix)
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            log.warning("ledger_set_aside_failed path=%s to=%s error=%s", self.path, aside, _why(exc))
+            return None
+        return aside
+
+    def _unreadable(self, why: str) -> None:
+        metrics.STATE_FILES_UNREADABLE.labels("ledger").inc()
+        # A unique name: what is there may be a folder, which a later one could not replace.
+        aside = self._set_aside(f"{UNREADABLE_SUFFIX}-{time.time_ns()}")
+        log.warning("ledger_unreadable path=%s error=%s kept=%d action=start_empty set_aside=%s",
+                    self.path, why, len(self._keys), aside or "no")
+
+    def _rewrite_without(self, rejected: Rejections) -> Path | None:
+        """Keep the file with bad lines as `<ledger>.rejected` (the last one only) and write the good keys."""
+        aside = self._set_aside(REJECTED_SUFFIX)
+        if aside is None:
+            return None
+        try:
+            atomic_write(self.path, "".join(_line(k) for k in sorted(self._keys)).encode(), durable=True)
+        except OSError as exc:
+            # Nothing lost: the keys are in memory, and the file opened next starts empty and appends.
+            log.warning("ledger_rewrite_failed path=%s error=%s", self.path, _why(exc))
+        return aside
+
+    def _open(self, ends_clean: bool) -> None:
+        try:
+            self._file = LineFile(self.path)
+            if not ends_clean:
+                self._file.write("\n")  # end the cut line, so the next record is a line of its own
+        except OSError as exc:
+            # Scoring goes on; after a restart the journal's tail saves the recent files from a second scoring.
+            self._file = None
+            metrics.STATE_FILES_UNREADABLE.labels("ledger").inc()
+            log.warning("ledger_unwritable path=%s error=%s action=memory_only", self.path, _why(exc))
 
     def __contains__(self, key: FileKey) -> bool:
         with self._lock:
@@ -50,7 +158,8 @@ class Ledger:
         """Record a scored file version (flushed to the OS at once)."""
         with self._lock:
             self._keys.add(key)
-            self._file.write(_line(key))
+            if self._file is not None:
+                self._file.write(_line(key))
 
     def compact(self, existing: Iterable[FileKey]) -> None:
         """Keep only entries of file versions still present, so the ledger never outgrows the folder."""
@@ -59,13 +168,15 @@ class Ledger:
             keep = {k for k in self._keys if k in present}
             if len(keep) == len(self._keys):
                 return
-            self._file.close()
-            atomic_write(self.path, "".join(_line(k) for k in sorted(keep)).encode(), durable=True)
-            self._file.reopen()
+            if self._file is not None:
+                self._file.close()
+                atomic_write(self.path, "".join(_line(k) for k in sorted(keep)).encode(), durable=True)
+                self._file.reopen()
             log.info("ledger_compacted path=%s kept=%d dropped=%d", self.path, len(keep),
                      len(self._keys) - len(keep))
             self._keys = keep
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()

@@ -44,11 +44,12 @@ SPREAD_MIN = 0.15
 # Reconstruction error over the error of the mean training image (the best answer that ignores the input):
 # 0.03-0.70 / 0.95-1.15. At 90% of it or more the model has learnt next to nothing.
 MEAN_IMAGE_RATIO_MAX = 0.9
-# Validation loss over training loss at the best epoch: 0.86-1.15 (the shipped default model: 1.09) / 4-42.
-# A random split of one folder has no reason to differ more than that (the training loss is averaged over
-# the epoch in training mode, so it may even be the higher one): 3x is over-fitting, stale statistics or two
-# kinds of images in the folder.
-VAL_TRAIN_RATIO_MAX = 3.0
+# Validation loss over training loss at the best epoch: 0.86-1.15 (the shipped default model: 1.09) / 4-42 for
+# the broken models measured, whose stale BatchNorm statistics the other checks catch first. But a model that
+# over-fits a small folder of varied parts is not useless: 300 MNIST digits gave 4.8 (seed) and 3.0 (conv), and
+# a model of the same digits under the fixed defaults ranks anomalies at AUROC 0.988. Only a gap far beyond that
+# is refused (two kinds of images in one folder).
+VAL_TRAIN_RATIO_MAX = 8.0
 SAMPLE = 64  # images per check, spread over the set: a second or two on the CPU
 
 

@@ -143,6 +143,17 @@ def settings_summary(meta: Mapping[str, Any]) -> str:
     reasons = (training.get("auto") or {}).get("reasons") or {}
     if reasons:
         lines += ["", "chosen from the data:", *(f"  {k}: {v}" for k, v in reasons.items())]
+    selection = training.get("selection") or {}
+    if selection:
+        lines += ["", f"chosen on {selection['normal_inputs']} held-out normal inputs vs "
+                      f"{selection['synthetic_defects']} synthetic defects: {selection['chosen']} "
+                      f"(expected detection rate {selection['expected_detection_rate']:.0%}); {selection['rule']}:",
+                  *(f"  {t['label']:40} AUROC {t['auroc']:.4f}  detection rate {t['detection_rate']:.0%}"
+                    for t in selection.get("trials", []))]
+    density = meta.get("density") or {}
+    if density:
+        lines.insert(4, f"density      {density.get('mode')} feature Gaussian combined with the residual "
+                        "(per-pixel maximum of the normalised maps)")
     health = training.get("health") or {}
     if health:
         lines += ["", f"model health: {'ok' if health.get('ok') else 'PROBLEMS'}",

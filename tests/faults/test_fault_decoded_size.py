@@ -1,0 +1,119 @@
+"""Fault injection on decoding (issue 11, class 10): the decoded size is bounded from the header,
+before any decoding; the header reader agrees with OpenCV and never raises."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_folder_source import Harness, png, quarantined
+
+from monitor import images
+from monitor.images import ImageTooLarge, decode_image, image_header
+
+_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_claiming(width: int, height: int, depth: int, colour: int) -> bytes:
+    """A small, complete-looking PNG whose IHDR claims `width` x `height` at `depth` bits, `colour` type."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def harness(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """A started-on-demand folder source named after the test, stopped at the end."""
+    h = Harness(tmp_path, request.node.name[:60].replace("[", "_").replace("]", "_"))
+    yield h
+    h.stop()
+
+
+# --- the bound --------------------------------------------------------------------------------
+
+def test_a_small_png_claiming_a_huge_16_bit_rgba_image_is_quarantined_as_too_large_undecoded(
+        harness, monkeypatch):
+    # 8000 x 8000 is under the pixel limit (2^26); at 16-bit RGBA it decodes to 512 MB.
+    bomb = png_claiming(8000, 8000, 16, 6)
+    assert len(bomb) < 100_000 and 8000 * 8000 < 2**26
+    decoded: list[int] = []
+    real_imdecode = cv2.imdecode
+
+    def spy(buf, flags):
+        decoded.append(len(buf))
+        return real_imdecode(buf, flags)
+
+    monkeypatch.setattr(images.cv2, "imdecode", spy)
+    harness.start()
+    (harness.inbox / "bomb16.png").write_bytes(bomb)
+    _, text = quarantined(harness, "bomb16.png")
+    assert "reason: too_large" in text
+    assert "512000000 bytes" in text  # the detail names the decoded size
+    assert decoded == []  # refused from the header: OpenCV never saw it
+
+
+def test_a_real_16_bit_rgba_png_above_the_bound_raises_before_decoding():
+    image = np.random.default_rng(0).integers(0, 65535, (48, 64, 4), dtype=np.uint16)
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    data = buf.tobytes()
+    with pytest.raises(ImageTooLarge, match=r"64x48x4x2 = 24576 bytes"):
+        decode_image(data, max_decoded_bytes=image.nbytes - 1)
+    np.testing.assert_array_equal(decode_image(data, max_decoded_bytes=image.nbytes), image)
+
+
+def test_an_image_within_the_bound_is_still_scored(harness):
+    harness.start()
+    (harness.inbox / "fine.png").write_bytes(png(1))
+    assert [f.path.name for f in harness.frames(1)] == ["fine.png"]
+    time.sleep(0.1)
+    assert not (harness.quarantine_dir / harness.config.name).exists()
+
+
+# --- the header reader ------------------------------------------------------------------------
+
+@_SETTINGS
+@given(width=st.integers(1, 80), height=st.integers(1, 80), channels=st.sampled_from([1, 3, 4]),
+       dtype=st.sampled_from([np.uint8, np.uint16]), ext=st.sampled_from([".png", ".jpg", ".bmp", ".tiff"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_header_of_an_encoded_image_matches_the_decoded_array(width, height, channels, dtype, ext, seed):
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    image = np.random.default_rng(seed).integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    data = buf.tobytes()
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    expected = (decoded.shape[1], decoded.shape[0], 1 if decoded.ndim == 2 else decoded.shape[2],
+                decoded.dtype.itemsize)
+    assert image_header(data) == expected
+
+
+_SIGNATURES = [b"", b"\x89PNG\r\n\x1a\n", b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR", b"\xff\xd8", b"\xff\xd8\xff",
+               b"BM", b"II*\x00", b"MM\x00*"]
+
+
+@_SETTINGS
+@given(prefix=st.sampled_from(_SIGNATURES), rest=st.binary(max_size=300))
+def test_the_header_reader_never_raises_on_any_bytes(prefix, rest):
+    header = image_header(prefix + rest)
+    assert header is None or (len(header) == 4 and all(isinstance(v, int) and v >= 0 for v in header))
+
+
+@_SETTINGS
+@given(ext=st.sampled_from([".png", ".jpg", ".bmp", ".tiff"]), cut=st.integers(0, 400))
+def test_the_header_reader_never_raises_on_a_truncated_image(ext, cut):
+    ok, buf = cv2.imencode(ext, np.full((20, 30, 3), 77, np.uint8))
+    assert ok
+    image_header(buf.tobytes()[:cut])
