@@ -196,6 +196,7 @@ class Daemon:
 
     def _process(self, frames: list[Frame]) -> None:
         verdicts: list[tuple[Frame, Verdict]] = []
+        prepared: list = []  # alerts written to the outbox, handed to their sinks once the journal is synced
         # One scorer call for an untiled batch; a tiled bundle's large images a few per call, since a call
         # holds each image's stitched maps at working resolution until its verdicts and evidence are done.
         scored_frames = (item for part in self.scorer.call_groups([f.image for f in frames])
@@ -207,9 +208,14 @@ class Daemon:
             verdict = Verdict(source=frame.source, frame_time=frame.frame_time, scored_at=time.time(),
                               score=score, threshold=threshold, anomaly=anomaly, path=frame.path,
                               evidence=evidence, file_key=frame.file_key)
+            if anomaly and self.alerts is not None:
+                # On disk before the journal line, released after the journal's fsync (prepare_verdict).
+                prepared.extend(self.alerts.prepare_verdict(verdict))
             self.journal.append(verdict.to_json())
             verdicts.append((frame, verdict))
         self.journal.sync()  # verdicts are durable before the ledger says "done" and before any alert
+        if self.alerts is not None:
+            self.alerts.release(prepared)
         for frame, verdict in verdicts:
             source = frame.source
             self.sources.acknowledge(frame)
@@ -223,8 +229,6 @@ class Daemon:
                 metrics.ANOMALIES.labels(source).inc()
                 log.warning("anomaly source=%s path=%s score=%.6g threshold=%.6g evidence=%s", source,
                             frame.path, verdict.score, verdict.threshold, verdict.evidence)
-                if self.alerts is not None:
-                    self.alerts.notify_verdict(verdict)
             else:
                 log.debug("normal source=%s path=%s score=%.6g threshold=%.6g", source, frame.path,
                           verdict.score, verdict.threshold)

@@ -236,3 +236,29 @@ def test_alerts_queued_before_start_are_sent_once(tmp_path: Path) -> None:
         d.stop()
         assert len(server.received()) == 1
     assert metrics.REGISTRY.get_sample_value("anomaly_monitor_alert_outbox_size") == 0
+
+
+def test_a_prepared_alert_is_on_disk_but_not_sent_until_released(tmp_path: Path) -> None:
+    with WebhookServer() as hook:
+        d = AlertDispatcher(alerts_config([_webhook("d-prepared", hook.url)]), tmp_path / "outbox")
+        d.start()
+        prepared = d.prepare_verdict(anomaly("line1", 1))
+        assert len(_outbox_files(tmp_path / "outbox", "d-prepared")) == 1
+        time.sleep(0.5)
+        assert hook.requests == []  # the daemon has not synced the verdict's journal line yet
+        d.release(prepared)
+        assert wait_until(lambda: len(hook.requests) == 1, 10)
+        d.stop(timeout=2)
+
+
+def test_a_prepared_alert_never_released_is_sent_after_the_next_start(tmp_path: Path) -> None:
+    with WebhookServer() as hook:
+        first = AlertDispatcher(alerts_config([_webhook("d-crash", hook.url)]), tmp_path / "outbox")
+        first.start()
+        first.prepare_verdict(anomaly("line1", 2))  # the daemon dies before the journal sync
+        first.stop(timeout=1)
+        assert hook.requests == []
+        again = AlertDispatcher(alerts_config([_webhook("d-crash", hook.url)]), tmp_path / "outbox")
+        again.start()
+        assert wait_until(lambda: len(hook.requests) == 1, 10)
+        again.stop(timeout=2)

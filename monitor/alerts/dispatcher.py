@@ -24,6 +24,8 @@ from monitor.records import SourceEvent, Verdict
 
 log = logging.getLogger(__name__)
 
+Prepared = list[tuple[SinkWorker, Alert]]  # alerts on disk, not yet handed to their workers
+
 
 class AlertDispatcher:
     """Receives verdicts and source events, persists them as alerts, and delivers them to every sink."""
@@ -85,8 +87,17 @@ class AlertDispatcher:
     # --- producers (scoring and camera threads) ----------------------------------------------
     def notify_verdict(self, verdict: Verdict) -> None:
         """Queue an anomaly for every sink that wants anomalies; returns once it is on disk."""
+        self.release(self.prepare_verdict(verdict))
+
+    def prepare_verdict(self, verdict: Verdict) -> Prepared:
+        """Write the alerts of an anomaly to the outbox (durable) without handing them to the workers yet.
+
+        The daemon prepares before the verdict's journal line and releases after the journal's fsync: a crash
+        in between leaves an alert whose file is scored again (a duplicate, never a loss), and no alert is sent
+        before its verdict is in the journal. Alerts never released go out after the next start.
+        """
         if not verdict.anomaly:
-            return
+            return []
         record = verdict.to_json()
         now = time.monotonic()
         made: list[tuple[SinkWorker, Alert]] = []
@@ -98,7 +109,14 @@ class AlertDispatcher:
                 if decision.send:
                     made.append((worker, self._new_alert(worker, "anomaly", verdict.source, verdicts=(record,),
                                                          suppressed=decision.suppressed)))
-        self._persist(made)
+        return self._write(made)
+
+    def release(self, prepared: Prepared) -> None:
+        """Hand prepared (written) alerts to their workers."""
+        for worker, alert in prepared:
+            worker.add(alert)
+        if prepared:
+            self._outbox_changed(+len(prepared))
 
     def notify_event(self, event: SourceEvent) -> None:
         """Queue a camera_lost/camera_found/daemon_start/daemon_stop event for the sinks that want it."""
@@ -123,11 +141,11 @@ class AlertDispatcher:
         Workers insert by sequence number, so the order stays the order of the notify calls; alerts of
         one source come from one thread (the scorer) anyway.
         """
-        written = [(w, a) for w, a in made if write_alert(self.outbox, a)]
-        for worker, alert in written:
-            worker.add(alert)
-        if written:
-            self._outbox_changed(+len(written))
+        self.release(self._write(made))
+
+    def _write(self, made: list[tuple[SinkWorker, Alert]]) -> Prepared:
+        """The alerts that reached the disk (a refused write is counted and logged by write_alert)."""
+        return [(w, a) for w, a in made if write_alert(self.outbox, a)]
 
     def _next_seq(self) -> int:
         with self._count_lock:
