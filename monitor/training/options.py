@@ -68,6 +68,11 @@ def parse_filters(value: Any) -> Any:
     return (tuple(value) or None) if isinstance(value, list | tuple) else value
 
 
+# The options that take one of a few names, and those names.
+_CHOICES: dict[str, tuple[str, ...]] = {"architecture": ARCHITECTURES, "loss": LOSSES, "lr_schedule": LR_SCHEDULES,
+                                        "score": SCORE_NAMES}
+
+
 def _one_of(name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
@@ -138,25 +143,10 @@ class TrainOptions(StrictModel):
     def _parse_filters(cls, value: Any) -> Any:
         return parse_filters(value)
 
-    @field_validator("architecture")
+    @field_validator("architecture", "loss", "lr_schedule", "score")
     @classmethod
-    def _architecture(cls, value: str) -> str:
-        return _one_of("architecture", value, ARCHITECTURES)
-
-    @field_validator("loss")
-    @classmethod
-    def _loss(cls, value: str) -> str:
-        return _one_of("loss", value, LOSSES)
-
-    @field_validator("lr_schedule")
-    @classmethod
-    def _lr_schedule(cls, value: str) -> str:
-        return _one_of("lr_schedule", value, LR_SCHEDULES)
-
-    @field_validator("score")
-    @classmethod
-    def _score(cls, value: str) -> str:
-        return _one_of("score", value, SCORE_NAMES)
+    def _one_of_choices(cls, value: str, info: ValidationInfo) -> str:
+        return _one_of(info.field_name, value, _CHOICES[info.field_name])
 
     @field_validator("channels")
     @classmethod

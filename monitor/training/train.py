@@ -143,6 +143,11 @@ class TileCrops:
         return out
 
 
+def fixed_sample(train_x: np.ndarray | TileCrops, seed: int | None) -> np.ndarray:
+    """The training inputs as one array: the arrays themselves, or one seeded draw of tile crops."""
+    return train_x.draw(np.random.default_rng(seed)) if isinstance(train_x, TileCrops) else train_x
+
+
 def working_images(images: list[np.ndarray], options: TrainOptions) -> list[np.ndarray]:
     """Decoded images at the working resolution of a tiled training run (float32 HxWxC in [0, 1])."""
     assert options.scale is not None
@@ -225,7 +230,8 @@ def _flip_batches(x: np.ndarray | TileCrops, batch_size: int, seed: int | None, 
 
 
 def fit_autoencoder(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options: TrainOptions,
-                    progress: ProgressFn | None = None) -> tuple[Any, dict[str, list[float]]]:
+                    progress: ProgressFn | None = None, recalibration_x: np.ndarray | None = None,
+                    ) -> tuple[Any, dict[str, list[float]]]:
     """Train the ConvAE on preprocessed arrays (or tile crops drawn per epoch); the model and history.
 
     The model comes back with its best validation weights.
@@ -252,7 +258,7 @@ def fit_autoencoder(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options:
             monitor="val_loss", factor=0.5, patience=max(2, options.patience // 3), min_lr=1e-5))
     # Validation (so early stopping and the restored best weights) sees the BatchNorm statistics the model
     # will score with, not moving averages that trail the weights (monitor/training/health.py).
-    bn_x = train_x.draw(np.random.default_rng(options.seed)) if isinstance(train_x, TileCrops) else train_x
+    bn_x = fixed_sample(train_x, options.seed) if recalibration_x is None else recalibration_x
     callbacks.append(batchnorm_recalibration(bn_x))
     if progress is not None:
         callbacks.append(_progress_callback(options.epochs, progress))
@@ -290,9 +296,9 @@ def train_arrays(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options: Tr
     if options.tiling and calibration_images is None:
         raise ValueError("tiled training needs the whole validation images to calibrate on")
     started = time.monotonic()
-    model, history = fit_autoencoder(train_x, val_x, options, progress)
+    sample = fixed_sample(train_x, options.seed)  # one draw serves BatchNorm recalibration and the health check
+    model, history = fit_autoencoder(train_x, val_x, options, progress, recalibration_x=sample)
     seconds = time.monotonic() - started
-    sample = train_x.draw(np.random.default_rng(options.seed)) if isinstance(train_x, TileCrops) else train_x
     health = check_model(model, sample, val_x, history, options.batch_size)
     log.info("%s architecture=%s loss=%s", health.describe(), options.architecture, options.loss)
     h, w = options.model_size
@@ -429,7 +435,7 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
     defects = defect_set(list(val_x), max(SELECTION_DEFECTS, len(val_x)), rng, min_size_px=min_px)
     defect_x = np.stack([d.image for d in defects])
     families = [d.family for d in defects]
-    sample = train_x.draw(rng) if isinstance(train_x, TileCrops) else train_x
+    sample = train_x.draw(rng) if isinstance(train_x, TileCrops) else train_x  # other crops than training's
     trials = []
     for opts, bundle, _ in results:
         only = (opts.score, dict(opts.score_params)) if fixed_score else None
