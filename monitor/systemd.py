@@ -18,6 +18,9 @@ def notify(state: str) -> bool:
         address = "\0" + address[1:]  # an abstract socket
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # Never block: a receiver that stops reading fills its queue (10 datagrams by default), and a
+            # blocking send would then hang the daemon's main loop, watchdog pings and shutdown included.
+            sock.setblocking(False)
             sock.connect(address)
             sock.sendall(state.encode())
         return True

@@ -59,6 +59,12 @@ def test_notify_sends_a_datagram_to_the_socket(notify_socket):
     assert notify_socket.recv(4096) == b"READY=1\nSTATUS=ok"
 
 
+def test_notify_never_blocks_when_the_receiver_stops_reading(notify_socket):
+    # Far beyond the socket's queue: a blocking send would hang here (pytest-timeout ends the test).
+    results = [systemd.notify("WATCHDOG=1") for _ in range(200)]
+    assert results[0] is True and results[-1] is False
+
+
 def test_notify_without_systemd_does_nothing(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert systemd.notify("READY=1") is False
