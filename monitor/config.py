@@ -20,7 +20,8 @@ from pydantic import (
 )
 
 from monitor.alerts.config import SINK_TYPES, AlertsConfig
-from monitor.images import IMAGE_EXTENSIONS
+from monitor.images import IMAGE_EXTENSIONS, MAX_DECODED_BYTES
+from monitor.logsafe import SafeFormatter
 from monitor.schema import Name, StrictModel, key_path
 
 
@@ -42,6 +43,9 @@ class FolderSourceConfig(StrictModel):
     # An image that still does not decode this long after its last change is quarantined.
     incomplete_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
     max_file_bytes: int = Field(default=100 * 2**20, gt=0)
+    # Bytes of the decoded array (width x height x channels x bytes per sample, read from the header): a small
+    # compressed file can claim gigabytes. Larger images are quarantined as too_large without being decoded.
+    max_decoded_bytes: int = Field(default=MAX_DECODED_BYTES, gt=0)
 
     @field_validator("extensions")
     @classmethod
@@ -369,10 +373,15 @@ def _journal_problem(journal: Path, create: bool) -> str | None:
     return None
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
 def setup_logging(level: str = "INFO") -> None:
-    """One line per event, greppable: time, level, logger, message with key=value fields."""
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        force=True,
-    )
+    """One line per event, greppable: time, level, logger, message with key=value fields.
+
+    The handler's SafeFormatter escapes control characters in every line, whoever logged it: file names,
+    camera URLs and exception texts come from outside and must never split a line or forge one.
+    """
+    handler = logging.StreamHandler()  # stderr, where systemd's journal collects it
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler], force=True)
