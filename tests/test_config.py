@@ -23,6 +23,17 @@ def test_shipped_config_is_valid():
     assert config.sources[0].folder == (REPO / "inbox").resolve()
 
 
+def test_the_shipped_config_lists_every_folder_source_key_with_its_default():
+    import yaml
+
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())["sources"][0]
+    assert set(shipped) == set(FolderSourceConfig.model_fields)
+    defaults = FolderSourceConfig(name="x", folder=Path("in"))
+    loaded = load_config(REPO / "config.yaml").sources[0]
+    for key in set(shipped) - {"name", "folder"}:
+        assert getattr(loaded, key) == getattr(defaults, key), key
+
+
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     config = load_config(write(tmp_path, "sources: [{name: a, folder: in}]\noutput: {journal: j/x.jsonl}\n"))
     assert config.sources[0].folder == tmp_path / "in"

@@ -468,7 +468,7 @@ class FolderSource(Source):
             self._retry_or_quarantine(path, cand, "truncated", f"{len(data)} bytes, no end-of-image marker")
             return
         try:
-            image = decode_image(data)
+            image = decode_image(data, self.config.max_decoded_bytes)
         except ImageTooLarge as exc:
             self.forget(path)  # refused from the header: nothing was decoded
             self.quarantine.put(self.name, path, "too_large", str(exc))

@@ -82,6 +82,45 @@ def test_an_image_within_the_bound_is_still_scored(harness):
     assert not (harness.quarantine_dir / harness.config.name).exists()
 
 
+# --- the config key --------------------------------------------------------------------------
+
+def test_max_decoded_bytes_in_the_config_lowers_the_bound_for_that_folder(tmp_path):
+    # 32x32 gray decodes to 1024 bytes, 64x48 gray to 3072: a bound of 2048 takes the one, refuses the other.
+    harness = Harness(tmp_path, "lowered", max_decoded_bytes=2048)
+    try:
+        harness.start()
+        (harness.inbox / "small.png").write_bytes(png(1, size=32))
+        (harness.inbox / "large.png").write_bytes(
+            cv2.imencode(".png", np.full((48, 64), 128, np.uint8))[1].tobytes())
+        _, text = quarantined(harness, "large.png")
+        assert "reason: too_large" in text
+        assert "64x48x1x1 = 3072 bytes > max_decoded_bytes 2048" in text
+        assert [f.path.name for f in harness.frames(1)] == ["small.png"]
+    finally:
+        harness.stop()
+
+
+def test_max_decoded_bytes_defaults_to_the_decoder_s_bound():
+    from monitor.config import FolderSourceConfig
+
+    assert FolderSourceConfig(name="a", folder=Path("in")).max_decoded_bytes == images.MAX_DECODED_BYTES == 2**28
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (0, "Input should be greater than 0"), (-1, "Input should be greater than 0"),
+    ("lots", "Input should be a valid integer, unable to parse string as an integer"),
+    (1.5, "Input should be a valid integer, got a number with a fractional part"),
+])
+def test_a_bad_max_decoded_bytes_is_a_config_error_naming_the_file_and_the_key(tmp_path, value, message):
+    from monitor.config import ConfigError, load_config
+
+    path = tmp_path / "conf.yaml"
+    path.write_text(f"sources: [{{name: a, folder: in, max_decoded_bytes: {value}}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: sources[0].max_decoded_bytes: {message}"
+
+
 # --- the header reader ------------------------------------------------------------------------
 
 @_SETTINGS
