@@ -29,8 +29,9 @@ from imagegen import anomalous_image, normal_image, write_images
 
 pytestmark = pytest.mark.slow
 
-# The issue asks for about 20 rounds; 8 keep this test near 70 s on 2 busy cores (each start loads
-# TensorFlow). Raise it here or with SIGKILL_ROUNDS=20 for a longer hunt.
+# The issue asks for about 20 rounds; 8 keep `make test` within its budget. Measured on 2 shared, busy cores:
+# 8 rounds 124 s, 20 rounds 214 s, so about 7.5 s a round (each start loads TensorFlow): 20 rounds would add
+# some 90 s to every test run. SIGKILL_ROUNDS=20 (and SIGKILL_SEED=n) runs the longer hunt.
 ROUNDS = int(os.environ.get("SIGKILL_ROUNDS", "8"))
 SEED = int(os.environ.get("SIGKILL_SEED", "11"))
 BURST = 24  # files per round
