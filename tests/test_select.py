@@ -5,6 +5,7 @@ import pytest
 from imagegen import colour_part, colour_stain, normal_image
 
 from monitor.model.bundle import load_bundle
+from monitor.model.density import FEATURE_SOURCES, normaliser
 from monitor.model.preprocess import to_model_input
 from monitor.training.defects import defect_set
 from monitor.training.select import COMBINABLE, DENSITY_MODES, RESIDUAL_SCORES, Trial, best_first, rank_scores
@@ -61,8 +62,22 @@ def test_detection_rates_are_reported_per_defect_family(trials):
 
 
 def test_combined_candidates_carry_the_scales_they_were_measured_with(trials):
-    combined = [t for t in trials if t.density]
+    combined = [t for t in trials if t.density and t.residual]
+    assert combined
     assert all(t.scales["residual_scale"] > 0 and t.scales["density_scale"] > 0 for t in combined)
+
+
+def test_a_density_alone_is_a_candidate_of_every_feature_source_and_mode(trials):
+    alone = {(t.features, t.density) for t in trials if t.density and not t.residual}
+    assert alone == {(source, mode) for source in FEATURE_SOURCES for mode in DENSITY_MODES}
+    assert all(t.density_meta()["residual_scale"] is None for t in trials if t.density and not t.residual)
+
+
+def test_normalised_maps_put_the_median_normal_maximum_at_one(trials):
+    # (max - offset) / scale of the normal images: median 1, 90th percentile 2, for every map kind
+    for t in (t for t in trials if t.density):
+        assert t.scales["density_scale"] > 0
+        assert np.isfinite(t.scales["density_offset"])
 
 
 def _trial(name, auroc, rate):
@@ -82,3 +97,16 @@ def test_outside_a_tie_the_higher_auroc_wins():
 def test_a_full_tie_keeps_the_simpler_earlier_candidate():
     ranked = best_first([_trial("simple", 0.99, 0.5), _trial("combined", 0.99, 0.5)])
     assert ranked[0].score == "simple"
+
+
+def test_normaliser_maps_the_median_to_one_and_the_90th_percentile_to_two():
+    maxima = np.random.default_rng(0).gamma(2.0, 0.01, 200)
+    offset, scale = normaliser(maxima)
+    z = (maxima - offset) / scale
+    assert np.median(z) == pytest.approx(1.0)
+    assert np.quantile(z, 0.9) == pytest.approx(2.0)
+
+
+def test_normaliser_of_a_map_that_never_varies_is_finite():
+    offset, scale = normaliser(np.full(50, 0.25))
+    assert scale > 0 and np.isfinite((0.3 - offset) / scale)

@@ -132,21 +132,36 @@ class TilingMeta(StrictModel):
 
 
 class DensityMeta(StrictModel):
-    """A second score combined with the residual (monitor/model/density.py): a Gaussian of normal features.
+    """A second score (monitor/model/density.py): a Gaussian of normal features, alone or with the residual.
 
-    The combined map is max(residual map / residual_scale, density map / density_scale) and the image score
-    its maximum; the parameters live in `file` beside the model.
+    Each map is normalised by its own (offset, scale) on normal images, (map - offset) / scale, which is 1 at
+    the median of its normal maxima; the combined map is the per-pixel maximum of the normalised residual and
+    density maps (the density map alone when `residual_scale` is null) and the image score its maximum. The
+    parameters live in `file` beside the model. Sidecars written before offsets and feature sources existed
+    read as offsets 0 (each map over its median normal maximum) and the encoder's features.
     """
 
     mode: Literal["shared", "local"]
+    features: Literal["encoder", "filterbank"] = "encoder"
     file: str = "density.npz"
-    residual_scale: float = Field(strict=True, gt=0, allow_inf_nan=False)
+    residual_scale: float | None = Field(strict=True, gt=0, allow_inf_nan=False)
+    residual_offset: float = Field(default=0.0, strict=True, allow_inf_nan=False)
     density_scale: float = Field(strict=True, gt=0, allow_inf_nan=False)
+    density_offset: float = Field(default=0.0, strict=True, allow_inf_nan=False)
 
     @field_validator("file")
     @classmethod
     def _file_name(cls, value: str) -> str:
         return _plain_file_name(value)
+
+    @property
+    def residual_norm(self) -> tuple[float, float] | None:
+        """(offset, scale) of the residual map, or None when the density map is the score alone."""
+        return None if self.residual_scale is None else (self.residual_offset, self.residual_scale)
+
+    @property
+    def density_norm(self) -> tuple[float, float]:
+        return self.density_offset, self.density_scale
 
 
 def _plain_file_name(value: str) -> str:
@@ -304,15 +319,24 @@ class Bundle:
     def default_threshold(self) -> float:
         return default_threshold(self.calibration_scores, self.threshold_quantile, self.threshold_margin)
 
+    @property
+    def score_label(self) -> str:
+        """What the image score is: the residual score, the density, or both (e.g. `ssim_max+density:local`)."""
+        density = self.sidecar.density
+        if density is None:
+            return self.score_name
+        name = f"density:{density.mode}" if density.features == "encoder" else f"density:{density.features}/" \
+            f"{density.mode}"
+        return name if density.residual_scale is None else f"{self.score_name}+{name}"
+
     def describe(self) -> str:
         """One line for logs: size, channels, tiling, score, threshold."""
         tiling = ""
         if self.tiling is not None:
             sh, sw = self.tile_stride
             tiling = f"tiling=scale:{self.tiling.scale:g},stride:{sh}x{sw} "
-        density = f"+density:{self.sidecar.density.mode}" if self.sidecar.density is not None else ""
         return (f"bundle={self.path} input={self.height}x{self.width}x{self.channels} {tiling}"
-                f"score={self.score_name}{density} "
+                f"score={self.score_label} "
                 f"quantile={self.threshold_quantile} margin={self.threshold_margin} "
                 f"threshold={self.default_threshold:.6g}")
 
@@ -388,6 +412,9 @@ def _load_density(path: Path, sidecar: BundleMeta) -> Any:
         raise BundleError(f"{file}: cannot load the density parameters: {_one_line(str(exc))}") from None
     if gaussian.mode != sidecar.density.mode:
         raise BundleError(f"{file}: holds mode {gaussian.mode!r}, the sidecar says {sidecar.density.mode!r}")
+    if gaussian.features != sidecar.density.features:
+        raise BundleError(f"{file}: holds {gaussian.features} features, the sidecar says "
+                          f"{sidecar.density.features}")
     return gaussian
 
 

@@ -1,12 +1,17 @@
 """A second score that sees what reconstruction misses: a Gaussian of normal features, per location.
 
 An autoencoder reconstructs a smooth stain, a change of brightness or a colour shift well, so its residual
-stays small. The encoder's own feature maps (the first two conv blocks, PaDiM-style: Defard et al. 2020,
-on the project's own trained encoder since no pretrained weights can be fetched) plus the local mean colour
-of the input do change: each location's feature vector is scored by its Mahalanobis distance to a Gaussian
-fitted on normal images. One Gaussian is shared by all locations (`shared`: textures, tiles, anything not
-aligned) or each location has its own (`local`: parts held in a fixture, where the position means
-something); the choice is made on validation data, not here.
+stays small. Features of each location do change; each location's feature vector is scored by its
+Mahalanobis distance to a Gaussian fitted on normal images. Two sources of features (`Features`):
+
+- ``encoder``: the encoder's own feature maps (the first two conv blocks, PaDiM-style: Defard et al. 2020,
+  on the project's own trained encoder since no pretrained weights can be fetched) plus the local mean colour;
+- ``filterbank``: fixed local statistics at three scales (monitor/model/filterbank.py), which need no
+  training and describe a fine texture that a small autoencoder only blurs.
+
+One Gaussian is shared by all locations (`shared`: textures, tiles, anything not aligned) or each location has
+its own (`local`: parts held in a fixture, where the position means something); the choice of source and mode
+is made on validation data, not here.
 
 The fitted parameters live in the bundle (`density.npz`); the map is computed inside the scorer's compiled
 forward pass, in TensorFlow.
@@ -14,6 +19,7 @@ forward pass, in TensorFlow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,11 +27,17 @@ from typing import Any, Literal
 import numpy as np
 import tensorflow as tf
 
+from monitor.model.filterbank import filter_bank
 from monitor.model.scores import blur_maps
 
 FEATURE_LAYERS: tuple[str, ...] = ("enc_bn0", "enc_bn1")
 PARAMS_FILE = "density.npz"
 Mode = Literal["shared", "local"]
+Features = Literal["encoder", "filterbank"]
+FEATURE_SOURCES: tuple[str, ...] = ("encoder", "filterbank")
+# Filter-bank features are computed at the input's resolution; beyond this many locations they are averaged
+# over blocks, which bounds a local Gaussian's d x d numbers per location and the fit's memory.
+FILTERBANK_MAX_LOCATIONS = 64 * 64
 # Local Gaussians keep d x d numbers per location: a random subset of feature channels bounds that (PaDiM's
 # own answer), while the shared Gaussian affords every channel.
 LOCAL_MAX_DIMS = 32
@@ -40,15 +52,40 @@ def feature_model(model: Any) -> Any:
     return keras.Model(model.input, outputs, name="encoder_features")
 
 
-def features_of(model: Any, x: np.ndarray, colour_sigma: float = 2.0, batch: int = 64) -> np.ndarray:
-    """N x h x w x D location features of preprocessed inputs, computed in batches (fitting and tests)."""
+def feature_function(model: Any, features: Features = "encoder",
+                     colour_sigma: float = 2.0) -> Callable[[tf.Tensor], tf.Tensor]:
+    """x (N x H x W x C, preprocessed) -> N x h x w x D location features; traceable inside a tf.function."""
+    if features == "filterbank":
+        return _pooled_filter_bank
+    if features != "encoder":
+        raise ValueError(f"unknown feature source {features!r} (known: {', '.join(FEATURE_SOURCES)})")
     extractor = feature_model(model)
+
+    def encoder(x: tf.Tensor) -> tf.Tensor:
+        maps = extractor(x, training=False)
+        maps = list(maps) if isinstance(maps, list | tuple) else [maps]
+        return location_features(maps, x, colour_sigma)
+
+    return encoder
+
+
+def _pooled_filter_bank(x: tf.Tensor) -> tf.Tensor:
+    f = filter_bank(x)
+    h, w = f.shape[1], f.shape[2]
+    factor = int(np.ceil(np.sqrt(h * w / FILTERBANK_MAX_LOCATIONS)))
+    if factor <= 1:
+        return f
+    return tf.nn.avg_pool2d(f, factor, factor, padding="SAME")
+
+
+def features_of(model: Any, x: np.ndarray, colour_sigma: float = 2.0, batch: int = 64,
+                features: Features = "encoder") -> np.ndarray:
+    """N x h x w x D location features of preprocessed inputs, computed in batches (fitting and tests)."""
+    function = feature_function(model, features, colour_sigma)
     out = []
     for start in range(0, len(x), batch):
         chunk = tf.convert_to_tensor(np.asarray(x[start:start + batch], np.float32))
-        maps = extractor(chunk, training=False)
-        maps = list(maps) if isinstance(maps, list | tuple) else [maps]
-        out.append(location_features(maps, chunk, colour_sigma).numpy())
+        out.append(function(chunk).numpy())
     return np.concatenate(out)
 
 
@@ -74,9 +111,11 @@ class FeatureGaussian:
     mean: np.ndarray  # d (shared) or h*w x d (local)
     inv_cov: np.ndarray  # d x d (shared) or h*w x d x d (local)
     colour_sigma: float = 2.0
+    features: Features = "encoder"  # where the location features come from (feature_function)
 
     @staticmethod
-    def fit(features: np.ndarray, mode: Mode, seed: int = 0, colour_sigma: float = 2.0) -> FeatureGaussian:
+    def fit(features: np.ndarray, mode: Mode, seed: int = 0, colour_sigma: float = 2.0,
+            source: Features = "encoder") -> FeatureGaussian:
         """Fit on N x h x w x D features of normal images (a ridge keeps every covariance invertible)."""
         n, h, w, dims = features.shape
         rng = np.random.default_rng(seed)
@@ -100,7 +139,7 @@ class FeatureGaussian:
             cov = np.einsum("lnd,lne->lde", centred, centred) / max(1, n - 1)
             inv = np.linalg.inv(np.stack([_ridged(c) for c in cov]))
         return FeatureGaussian(mode, channels.astype(np.int32), mean.astype(np.float32), inv.astype(np.float32),
-                               colour_sigma)
+                               colour_sigma, source)
 
     def distance_map(self, features: tf.Tensor) -> tf.Tensor:
         """N x h x w Mahalanobis distances of each location's features (TensorFlow, inside the forward pass)."""
@@ -118,16 +157,20 @@ class FeatureGaussian:
         """Write the parameters as `name` in `folder`; returns the file's path."""
         path = Path(folder) / name
         np.savez(path, mode=np.array(self.mode), channels=self.channels, mean=self.mean, inv_cov=self.inv_cov,
-                 colour_sigma=np.array(self.colour_sigma))
+                 colour_sigma=np.array(self.colour_sigma), features=np.array(self.features))
         return path
 
     @staticmethod
     def load(folder: Path, name: str = PARAMS_FILE) -> FeatureGaussian:
         """The parameters saved in a bundle folder; ValueError when they are missing or inconsistent."""
         with np.load(Path(folder) / name, allow_pickle=False) as z:
+            # Parameters saved before feature sources existed are the encoder's.
+            source = str(z["features"]) if "features" in z.files else "encoder"
             gaussian = FeatureGaussian(str(z["mode"]), z["channels"], z["mean"], z["inv_cov"],
-                                       float(z["colour_sigma"]))
+                                       float(z["colour_sigma"]), source)
         d = len(gaussian.channels)
+        if gaussian.features not in FEATURE_SOURCES:
+            raise ValueError(f"unknown feature source {gaussian.features!r}")
         if gaussian.mode not in ("shared", "local") or gaussian.mean.shape[-1] != d \
                 or gaussian.inv_cov.shape[-2:] != (d, d) or not np.all(np.isfinite(gaussian.inv_cov)):
             raise ValueError(f"parameters of mode {gaussian.mode!r} do not fit together")
@@ -141,13 +184,37 @@ def _ridged(cov: np.ndarray) -> np.ndarray:
     return cov + np.eye(d) * (0.01 * float(np.trace(cov)) / d + 1e-6)
 
 
-def combine_maps(residual_map: tf.Tensor, density_map: tf.Tensor, residual_scale: float,
-                 density_scale: float) -> tf.Tensor:
-    """N x H x W: each map in units of its own typical maximum on normal images, then their per-pixel maximum.
+Norm = tuple[float, float]  # (offset, scale): (map - offset) / scale is in units of its spread on normal images
 
-    Normalising by each map's own scale on validation images keeps either from dominating by its units; the
-    maximum says "anomalous" when either does, and it is what the evidence heat map shows.
+
+def normaliser(normal_maxima: np.ndarray) -> Norm:
+    """(offset, scale) that put a map's per-image maxima on normal images at 1 for their median and 2 for
+    their 90th percentile.
+
+    Dividing by the spread of the normal maxima (not by their size) puts every map's normal tail at the same
+    place, so the per-pixel maximum of two maps raises false alarms from neither more than from the other;
+    1 at the median keeps a normal image's score positive, as the threshold's margin expects.
+    """
+    m = np.asarray(normal_maxima, np.float64)
+    median = float(np.median(m))
+    floor = 1e-3 * abs(median) + 1e-9  # a map that never varies on normals: any change is large, not infinite
+    spread = max(float(np.quantile(m, 0.9)) - median, floor)
+    return median - spread, spread
+
+
+def combine_maps(residual_map: tf.Tensor, density_map: tf.Tensor, residual: Norm | None,
+                 density: Norm) -> tf.Tensor:
+    """N x H x W: each map normalised by its own (offset, scale) on normal images, then their per-pixel maximum.
+
+    `residual` None: the density map alone (normalised), at the residual map's size. Normalising each map by
+    its own distribution on validation images keeps either from dominating by its units; the maximum says
+    "anomalous" when either does, and it is what the evidence heat map shows.
     """
     size = (residual_map.shape[1], residual_map.shape[2])
-    up = tf.image.resize(density_map[..., None], size, method="bilinear")[..., 0]
-    return tf.maximum(residual_map / residual_scale, up / density_scale)
+    up = density_map
+    if (density_map.shape[1], density_map.shape[2]) != size:
+        up = tf.image.resize(density_map[..., None], size, method="bilinear")[..., 0]
+    z = (up - density[0]) / density[1]
+    if residual is None:
+        return z
+    return tf.maximum((residual_map - residual[0]) / residual[1], z)

@@ -88,7 +88,7 @@ class BatchScorer:
         if bundle.tiling is not None:
             tiling = "scale:{:g},stride:{}x{}".format(bundle.tiling.scale, *bundle.tile_stride)
         log.info("scorer_ready device=%s max_batch=%d input=%dx%dx%d score=%s tiling=%s", self.device,
-                 self.max_batch, bundle.height, bundle.width, bundle.channels, bundle.score_name, tiling)
+                 self.max_batch, bundle.height, bundle.width, bundle.channels, bundle.score_label, tiling)
 
     @staticmethod
     def _combined_map(bundle: Bundle):  # noqa: ANN205 - a TensorFlow closure
@@ -96,15 +96,14 @@ class BatchScorer:
         meta = bundle.sidecar.density
         if meta is None:
             return None
-        from monitor.model.density import combine_maps, feature_model, location_features
+        from monitor.model.density import combine_maps, feature_function
 
-        extractor, gaussian = feature_model(bundle.model), bundle.density
+        gaussian = bundle.density
+        features = feature_function(bundle.model, gaussian.features, gaussian.colour_sigma)
 
         def combine(x: tf.Tensor, residual: tf.Tensor) -> tf.Tensor:
-            feats = extractor(x, training=False)
-            feats = list(feats) if isinstance(feats, list | tuple) else [feats]
-            distances = gaussian.distance_map(location_features(feats, x, gaussian.colour_sigma))
-            return combine_maps(residual, distances, meta.residual_scale, meta.density_scale)
+            distances = gaussian.distance_map(features(x))
+            return combine_maps(residual, distances, meta.residual_norm, meta.density_norm)
 
         return combine
 

@@ -126,7 +126,7 @@ def _train(args: argparse.Namespace) -> int:
     if bundle.tiling is not None:
         tiling = " tiles at scale {:g}, stride {}x{}".format(bundle.tiling.scale, *bundle.tile_stride)
     print(f"bundle {bundle.path}: {bundle.height}x{bundle.width}x{bundle.channels}{tiling} "
-          f"score={bundle.score_name} threshold={bundle.default_threshold:.6g}")
+          f"score={bundle.score_label} threshold={bundle.default_threshold:.6g}")
     return 0
 
 

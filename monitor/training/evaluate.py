@@ -111,7 +111,7 @@ def evaluate_folders(bundle: Bundle, normal_dir: Path, anomaly_dir: Path, max_ba
     labels = np.r_[np.zeros(len(n_images), int), np.ones(len(a_images), int)]
     threshold = bundle.default_threshold
     result = Evaluation(
-        bundle=str(bundle.path), score_name=bundle.score_name, threshold=threshold,
+        bundle=str(bundle.path), score_name=bundle.score_label, threshold=threshold,
         auroc=auroc(scores, labels), average_precision=average_precision(scores, labels),
         at_threshold=detection_at(scores, labels, threshold), best=best_f1(scores, labels),
         n_normal=len(n_images), n_anomaly=len(a_images), seconds=round(seconds, 4),

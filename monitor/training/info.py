@@ -19,8 +19,13 @@ def _density(bundle: Bundle) -> str:
     density = bundle.sidecar.density
     if density is None:
         return ""
-    return (f", combined with a {density.mode} feature density (each map over its median normal maximum: "
-            f"residual {density.residual_scale:.4g}, density {density.density_scale:.4g}; image score = maximum)")
+    what = f"a {density.mode} density of {density.features} features"
+    how = (f"density map (offset {density.density_offset:.4g}, scale {density.density_scale:.4g}); "
+           "image score = its maximum")
+    if density.residual_norm is None:
+        return f" not used for the score: the score is {what} alone, the normalised {how})"
+    return (f", combined with {what} (each map as (map - offset) / scale: residual offset "
+            f"{density.residual_offset:.4g}, scale {density.residual_scale:.4g}; {how} of the two)")
 
 
 def _choices(training: dict) -> list[str]:

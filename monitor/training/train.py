@@ -449,7 +449,7 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
     meta = dict(bundle.meta)
     meta["score"] = {"name": best.score, "params": dict(best.params)}
     if best.density is not None:
-        meta["density"] = {"mode": best.density, "file": "density.npz", **best.scales}
+        meta["density"] = best.density_meta()
     bundle = calibrate(Bundle(path=bundle.path, model=bundle.model, meta=meta, density=best.gaussian), val_x,
                        calibration)
     record = {
