@@ -8,7 +8,15 @@ from monitor.model.bundle import load_bundle
 from monitor.model.density import FEATURE_SOURCES, normaliser
 from monitor.model.preprocess import to_model_input
 from monitor.training.defects import defect_set
-from monitor.training.select import COMBINABLE, DENSITY_MODES, RESIDUAL_SCORES, Trial, best_first, rank_scores
+from monitor.training.select import (
+    COMBINABLE,
+    DENSITY_MODES,
+    NEEDS_DENSITY,
+    RESIDUAL_SCORES,
+    Trial,
+    best_first,
+    rank_scores,
+)
 
 
 def _x(images):
@@ -27,8 +35,22 @@ def trials(tiny_bundle):
 
 def test_every_candidate_is_measured(trials):
     labels = {t.label for t in trials}
-    assert {name for name, _ in RESIDUAL_SCORES} <= labels
+    assert {name for name, _ in RESIDUAL_SCORES if name not in NEEDS_DENSITY} <= labels
     assert {f"{name}+density({mode})" for name in COMBINABLE for mode in DENSITY_MODES} <= labels
+
+
+def test_ssim_is_never_a_candidate_without_a_density(trials):
+    assert all(t.density for t in trials if t.score in NEEDS_DENSITY)
+    assert any(t.score == "ssim_max" and t.density for t in trials)
+
+
+def test_a_given_ssim_score_is_still_measured(tiny_bundle):
+    rng = np.random.default_rng(2)
+    x = _x([normal_image(rng, 32) for _ in range(40)])
+    defects = defect_set(list(x[20:]), 20, rng)
+    ranked = rank_scores(load_bundle(tiny_bundle).model, x[:20], x[20:], np.stack([d.image for d in defects]),
+                         [d.family for d in defects], 0.99, only=("ssim_max", {}))
+    assert [(t.score, t.density) for t in ranked] == [("ssim_max", None)]
 
 
 def test_the_best_candidate_comes_first(trials):

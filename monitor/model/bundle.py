@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from monitor.model.scores import SCORE_NAMES, ScoreFunction, get_score
 from monitor.model.tiling import default_stride
@@ -143,6 +143,10 @@ class DensityMeta(StrictModel):
 
     mode: Literal["shared", "local"]
     features: Literal["encoder", "filterbank"] = "encoder"
+    # input: of each model input (a tile when tiled), inside the forward pass; image: of the whole working
+    # image resized to `image_size` (tiled bundles, filter-bank features), after the tiles are stitched.
+    on: Literal["input", "image"] = "input"
+    image_size: tuple[PositiveInt, PositiveInt] | None = None
     file: str = "density.npz"
     residual_scale: float | None = Field(strict=True, gt=0, allow_inf_nan=False)
     residual_offset: float = Field(default=0.0, strict=True, allow_inf_nan=False)
@@ -153,6 +157,12 @@ class DensityMeta(StrictModel):
     @classmethod
     def _file_name(cls, value: str) -> str:
         return _plain_file_name(value)
+
+    @model_validator(mode="after")
+    def _image_level(self) -> DensityMeta:
+        if self.on == "image" and (self.features != "filterbank" or self.image_size is None):
+            raise ValueError("on: image needs features: filterbank and an image_size")
+        return self
 
     @property
     def residual_norm(self) -> tuple[float, float] | None:
@@ -207,6 +217,13 @@ class BundleMeta(_Section):
             raise ValueError(f"stride {sh}x{sw} is larger than the tile (the model input "
                              f"{model_input.height}x{model_input.width}): pixels between tiles would never "
                              "be scored")
+        return value
+
+    @field_validator("density")
+    @classmethod
+    def _image_density_is_tiled(cls, value: DensityMeta | None, info: ValidationInfo) -> DensityMeta | None:
+        if value is not None and value.on == "image" and info.data.get("tiling") is None:
+            raise ValueError("on: image is a density of the whole working image, for tiled bundles only")
         return value
 
     @field_validator("model_file")

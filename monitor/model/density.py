@@ -38,6 +38,9 @@ FEATURE_SOURCES: tuple[str, ...] = ("encoder", "filterbank")
 # Filter-bank features are computed at the input's resolution; beyond this many locations they are averaged
 # over blocks, which bounds a local Gaussian's d x d numbers per location and the fit's memory.
 FILTERBANK_MAX_LOCATIONS = 64 * 64
+# The same bound for a density of the whole working image (`on: image`, tiled bundles): finer, since a whole
+# part holds many tiles' worth of surface and a defect of a few pixels must not be averaged away.
+IMAGE_MAX_LOCATIONS = 128 * 128
 # Local Gaussians keep d x d numbers per location: a random subset of feature channels bounds that (PaDiM's
 # own answer), while the shared Gaussian affords every channel.
 LOCAL_MAX_DIMS = 32
@@ -69,13 +72,46 @@ def feature_function(model: Any, features: Features = "encoder",
     return encoder
 
 
-def _pooled_filter_bank(x: tf.Tensor) -> tf.Tensor:
+def _pooled_filter_bank(x: tf.Tensor, max_locations: int = FILTERBANK_MAX_LOCATIONS) -> tf.Tensor:
     f = filter_bank(x)
     h, w = f.shape[1], f.shape[2]
-    factor = int(np.ceil(np.sqrt(h * w / FILTERBANK_MAX_LOCATIONS)))
+    factor = int(np.ceil(np.sqrt(h * w / max_locations)))
     if factor <= 1:
         return f
     return tf.nn.avg_pool2d(f, factor, factor, padding="SAME")
+
+
+def image_features(works: list[np.ndarray], size: tuple[int, int], batch: int = 16) -> np.ndarray:
+    """N x h x w x D filter-bank features of whole working images (HxWxC float32), each resized to `size`
+    (the grid a local Gaussian's locations live on) and pooled to at most IMAGE_MAX_LOCATIONS locations."""
+    import cv2
+
+    height, width = size
+    out = []
+    for start in range(0, len(works), batch):
+        chunk = []
+        for work in works[start:start + batch]:
+            work = np.asarray(work, np.float32)  # training keeps its working images in float16
+            w = work if work.shape[:2] == (height, width) else \
+                cv2.resize(work, (width, height), interpolation=cv2.INTER_AREA).reshape(height, width, -1)
+            chunk.append(w)
+        out.append(_pooled_filter_bank(tf.constant(np.stack(chunk).astype(np.float32)),
+                                       IMAGE_MAX_LOCATIONS).numpy())
+    return np.concatenate(out)
+
+
+def image_density_maps(gaussian: FeatureGaussian, works: list[np.ndarray], size: tuple[int, int],
+                       norm: tuple[float, float]) -> list[np.ndarray]:
+    """Each working image's normalised density map, (distance - offset) / scale, at that image's own size."""
+    import cv2
+
+    distances = gaussian.distance_map(tf.constant(image_features(works, size))).numpy()
+    maps = []
+    for work, d in zip(works, distances, strict=True):
+        h, w = work.shape[:2]
+        up = d if d.shape == (h, w) else cv2.resize(d, (w, h), interpolation=cv2.INTER_LINEAR)
+        maps.append(((up - norm[0]) / norm[1]).astype(np.float32))
+    return maps
 
 
 def features_of(model: Any, x: np.ndarray, colour_sigma: float = 2.0, batch: int = 64,

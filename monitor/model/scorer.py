@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from monitor.model.bundle import Bundle
+from monitor.model.density import image_density_maps
 from monitor.model.preprocess import to_model_batch, to_working_image
 from monitor.model.tiling import TileCanvas, pad, tile_grid, working_size
 
@@ -59,6 +60,17 @@ def select_device() -> str:
     return "/GPU:0"
 
 
+def combine_image_maps(residual_maps: list[np.ndarray], density_maps: list[np.ndarray],
+                       residual_norm: tuple[float, float] | None) -> list[np.ndarray]:
+    """Stitched residual maps joined with normalised whole-image density maps: the per-pixel maximum, or the
+    density alone when `residual_norm` is None (as density.combine_maps does inside the forward pass)."""
+    if residual_norm is None:
+        return list(density_maps)
+    offset, scale = residual_norm
+    return [np.maximum((r - offset) / scale, d).astype(np.float32)
+            for r, d in zip(residual_maps, density_maps, strict=True)]
+
+
 class BatchScorer:
     """Scores lists of decoded images with the bundle's model and score, `max_batch` at a time."""
 
@@ -94,7 +106,7 @@ class BatchScorer:
     def _combined_map(bundle: Bundle):  # noqa: ANN205 - a TensorFlow closure
         """(x, residual map) -> the combined map, when the bundle has a density score; else None."""
         meta = bundle.sidecar.density
-        if meta is None:
+        if meta is None or meta.on == "image":  # a whole-image density joins after stitching (_score_tiled)
             return None
         from monitor.model.density import combine_maps, feature_function
 
@@ -170,10 +182,15 @@ class BatchScorer:
         if owners:
             flush()
         # The stitched input would be the working image itself (tiles are exact copies of it): kept as is.
-        return ScoredBatch(inputs=works, reconstructions=[c.mean() for c in canvases],
-                           error_maps=[c.maximum() for c in canvases],
-                           scores=np.array([c.score() for c in canvases], np.float64),
-                           tiles=np.array([len(g) for g in grids], np.int64))
+        maps = [c.maximum() for c in canvases]
+        scores = np.array([c.score() for c in canvases], np.float64)
+        density = b.sidecar.density
+        if density is not None and density.on == "image":
+            maps = combine_image_maps(maps, image_density_maps(b.density, works, density.image_size,
+                                                               density.density_norm), density.residual_norm)
+            scores = np.array([float(m.max()) for m in maps], np.float64)
+        return ScoredBatch(inputs=works, reconstructions=[c.mean() for c in canvases], error_maps=maps,
+                           scores=scores, tiles=np.array([len(g) for g in grids], np.int64))
 
     def score_inputs(self, inputs: np.ndarray) -> ScoredBatch:
         """Score already preprocessed NxHxWxC float32 inputs, in chunks of max_batch (last one padded).

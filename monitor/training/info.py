@@ -20,6 +20,9 @@ def _density(bundle: Bundle) -> str:
     if density is None:
         return ""
     what = f"a {density.mode} density of {density.features} features"
+    if density.on == "image" and density.image_size is not None:
+        what += " of the whole working image (resized to {}x{}), joined after the tiles are stitched".format(
+            *density.image_size)
     how = (f"density map (offset {density.density_offset:.4g}, scale {density.density_scale:.4g}); "
            "image score = its maximum")
     if density.residual_norm is None:

@@ -6,7 +6,7 @@ get (the quantile of the normal scores). The best AUROC wins; candidates within 
 ranked by detection rate, then by simplicity (the order of the list), so an extra component must earn its
 place. Candidates:
 
-- residual scores alone (mse, smooth_max, residual_max, ssim_max);
+- residual scores alone (mse, smooth_max, residual_max; ssim_max only with a density, see NEEDS_DENSITY);
 - a feature density alone (monitor/model/density.py): features of the encoder or of a fixed filter bank
   (monitor/model/filterbank.py), one Gaussian shared by all locations or one per location;
 - a max-type residual score combined with a feature density: each map normalised by its own distribution of
@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 RESIDUAL_SCORES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("mse", {}), ("smooth_max", {"sigma": 2.0}), ("residual_max", {"sigma": 2.0}), ("ssim_max", {}))
 COMBINABLE = ("smooth_max", "residual_max", "ssim_max")  # max-type: the combined score is a map's maximum
+# 1-SSIM compares local structure normalised by local contrast, so it is blind to a change of brightness or of
+# content that is itself well formed (a digit that is the wrong digit: AUROC 0.94 where every other score read
+# 0.98-1.0, while synthetic local defects ranked it first). It is a candidate only next to a density, which
+# sees what it cannot.
+NEEDS_DENSITY = ("ssim_max",)
 DENSITY_MODES = ("shared", "local")
 TIE = 0.005
 FIT_INPUTS = 400  # inputs the density is fitted on at most: enough for d x d covariances, bounded memory
@@ -113,6 +118,8 @@ def rank_scores(model: Any, train_x: np.ndarray, normal_x: np.ndarray, defect_x:
     for name, params in RESIDUAL_SCORES if only is None else (only,):
         maps_n, maps_d = _maps(model, normal_x, name, params), _maps(model, defect_x, name, params)
         residual[name] = (maps_n, maps_d)
+        if only is None and name in NEEDS_DENSITY:
+            continue
         trials.append(_trial(name, params, None, _reduce(name, params, maps_n), _reduce(name, params, maps_d),
                              families, quantile))
     if only is not None:

@@ -452,6 +452,22 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
         meta["density"] = best.density_meta()
     bundle = calibrate(Bundle(path=bundle.path, model=bundle.model, meta=meta, density=best.gaussian), val_x,
                        calibration)
+    image_record = None
+    if isinstance(train_x, TileCrops) and calibration is not None and not fixed_score:
+        from monitor.training.image_level import choose_image_level
+
+        section, gaussian, image_record = choose_image_level(bundle, (best.score, best.params), train_x.images,
+                                                             calibration, rng)
+        if section is not None:
+            meta = {**meta, "score": {"name": best.score, "params": dict(best.params)}, "density": section}
+            bundle = calibrate(Bundle(path=bundle.path, model=bundle.model, meta=meta, density=gaussian), val_x,
+                               calibration)
+        if progress:
+            progress(f"whole-image density vs tiles on {image_record['whole_normal_images']} held-out images and "
+                     f"{image_record['whole_image_defects']} synthetic defects: tiles AUROC "
+                     f"{image_record['tiles']:.4f}, "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in image_record["image_level"].items())
+                     + f"; chose {image_record['chosen']}")
     record = {
         "chosen": f"{best.architecture}/{best.label}", "auroc": best.auroc, "average_precision":
         best.average_precision, "expected_detection_rate": best.detection_rate, "per_family": best.per_family,
@@ -460,6 +476,8 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
                 "bundle's quantile, then the simpler candidate",
         "trials": [{**t.to_json(), "label": f"{t.architecture}/{t.label}"} for t in ranked],
     }
+    if image_record is not None:
+        record["whole_image"] = image_record
     log.info("score_selected chosen=%s auroc=%.4f detection_rate=%.3f candidates=%d", record["chosen"], best.auroc,
              best.detection_rate, len(ranked))
     if progress:
