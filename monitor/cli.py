@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import stat
 import sys
 from collections.abc import Sequence
 
 from monitor import __version__
 from monitor.config import Config, ConfigError, check_writable, load_config, setup_logging
+from monitor.files import NotRegularFile
 
 log = logging.getLogger("monitor")
 
@@ -21,6 +24,7 @@ def _load(path: str, outputs: bool = False, create: bool = False) -> Config | No
     try:
         config = load_config(path)
         if outputs:
+            _check_journal_file(config, path)
             check_writable(config, path, create=create)
         return config
     except ConfigError as exc:
@@ -32,6 +36,22 @@ def _load(path: str, outputs: bool = False, create: bool = False) -> Config | No
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"error: {path}: {type(exc).__name__}: {reason}".rstrip(": "), file=sys.stderr)
         return None
+
+
+def _check_journal_file(config: Config, path: str) -> None:
+    """ConfigError when output.journal is a FIFO, a socket or a device.
+
+    Checked first and with stat alone: opening such a path may block for ever (a FIFO without a reader), the
+    output check's test append included. A folder is left to check_writable, which says so in its words.
+    """
+    journal = config.output.journal
+    try:
+        mode = os.stat(journal).st_mode
+    except OSError:
+        return  # missing (created later) or not reachable: check_writable says why
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = NotRegularFile(journal, mode).kind
+        raise ConfigError(f"{path}: output.journal: not a regular file: {journal} is a {kind}")
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

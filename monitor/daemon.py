@@ -15,9 +15,11 @@ from monitor import metrics, systemd
 from monitor.batching import FrameQueue
 from monitor.config import Config
 from monitor.evidence import EvidenceStore, render_evidence
+from monitor.files import NotRegularFile, remove_orphan_temps
 from monitor.journal import Journal
 from monitor.model.bundle import Bundle
 from monitor.model.scorer import BatchScorer, ScoredBatch
+from monitor.outputs import OutputGuard, OutputStopped
 from monitor.records import Frame, SourceEvent, Verdict
 from monitor.sources.quarantine import Quarantine
 from monitor.sources.supervisor import SourceContext, SourceSupervisor
@@ -30,7 +32,38 @@ JOIN_TIMEOUT_S = 5.0
 
 
 class StartupError(Exception):
-    """The config and the bundle cannot work together (exit code 2)."""
+    """The config and the bundle cannot work together, or an output cannot be one (exit code 2)."""
+
+
+def open_journal(path: Path, max_bytes: int, backups: int) -> Journal:
+    """The journal; StartupError when its path is a FIFO, a socket or a device (never opened blocking)."""
+    try:
+        return Journal(path, max_bytes, backups)
+    except NotRegularFile as exc:
+        raise StartupError(f"{path}: output.journal: not a regular file (a {exc.kind})") from None
+
+
+def remove_output_temps(config: Config) -> int:
+    """Remove the temporary files a crash or a refused write left in the output folders; how many.
+
+    Runs at start, before any store writes. Watched folders below an output folder are left alone: their
+    hidden `.tmp` files belong to the writers that copy images in.
+    """
+    out = config.output
+    watched = [Path(s.folder) for s in config.folder_sources]
+    total = 0
+    for output, folder in (("evidence", out.evidence), ("quarantine", out.quarantine), ("state", out.state)):
+        removed = remove_orphan_temps(Path(folder), exclude=watched)
+        if removed:
+            metrics.ORPHAN_TEMPS_REMOVED.labels(output).inc(removed)
+            log.warning("orphan_temps_removed output=%s folder=%s count=%d", output, folder, removed)
+        total += removed
+    return total
+
+
+def ok_status(config: Config) -> str:
+    """systemd's STATUS= line while every output takes writes."""
+    return f"scoring {len(config.sources)} sources"
 
 
 def build_thresholds(config: Config, bundle: Bundle) -> dict[str, Threshold]:
@@ -58,9 +91,12 @@ class Daemon:
         out = config.output
         self.queue = FrameQueue(config.batching.queue_size,
                                 on_camera_drop=lambda s: metrics.FRAMES_DROPPED.labels(s).inc())
-        self.journal = Journal(out.journal, out.journal_max_bytes, out.journal_backups)
+        # One outcome for every refused write (disk full, I/O error): see monitor.outputs.
+        self.outputs = OutputGuard(ok_status=ok_status(config))
+        self.journal = open_journal(out.journal, out.journal_max_bytes, out.journal_backups)
+        remove_output_temps(config)
         self.evidence = EvidenceStore(out.evidence, out.evidence_max_files, out.evidence_max_bytes)
-        self.quarantine = Quarantine(out.quarantine)
+        self.quarantine = Quarantine(out.quarantine, self.outputs)
         self.scorer = BatchScorer(bundle, config.batching.max_batch)
         context = SourceContext(queue=self.queue, quarantine=self.quarantine, state=out.state,
                                 journal=out.journal, on_event=self.on_event)
@@ -117,8 +153,9 @@ class Daemon:
         while not self._stop.wait(0.2 if interval is None else min(0.2, interval)):
             now = time.monotonic()
             if interval is not None and now >= next_ping:
-                # Ping only while the scorer loop turns: a hung scorer gets the service restarted.
-                if now - self._scorer_alive < 2 * interval:
+                # Ping only while the scorer loop turns: a hung scorer gets the service restarted. A thread that
+                # waits to retry a refused write is not hung: a full disk must not become a restart loop.
+                if now - self._scorer_alive < 2 * interval or self.outputs.retrying():
                     systemd.notify("WATCHDOG=1")
                 next_ping = now + interval
             dead = self.sources.dead()
@@ -132,7 +169,10 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop the sources, drain the queue, flush the journal and the ledgers."""
         systemd.notify("STOPPING=1")
-        log.info("daemon_stopping queued=%d", len(self.queue))
+        log.info("daemon_stopping queued=%d blocked=%s", len(self.queue), ",".join(self.outputs.blocked()) or "none")
+        # Work held for a blocked output is given up now (not acknowledged: folder files are scored again at
+        # the next start), so that a full disk cannot stretch the stop beyond the join timeouts.
+        self.outputs.stop()
         self.sources.stop()
         self.queue.close()
         self.sources.join()  # a camera blocked in an open or a read returns within its read timeout
@@ -149,8 +189,14 @@ class Daemon:
 
     # --- events and verdicts ----------------------------------------------------------------------
     def on_event(self, event: SourceEvent) -> None:
-        """A source or daemon event: journal first, then the alert sinks."""
-        self.journal.append(event.to_json())
+        """A source or daemon event: journal first, then the alert sinks. Never raises for a refused write:
+        the event then waits in the journal's queue, and the scorer writes it with the next batch."""
+        try:
+            self.journal.append(event.to_json())
+        except OSError as exc:
+            self.outputs.failed("journal", exc, "hold_and_retry")
+        else:
+            self.outputs.succeeded("journal")
         log.info("event kind=%s source=%s detail=%r", event.kind, event.source, event.detail)
         if self.alerts is not None:
             self.alerts.notify_event(event)
@@ -162,12 +208,18 @@ class Daemon:
         while True:
             self._scorer_alive = time.monotonic()
             frames = self.queue.collect(max_batch, max_wait)
-            if not frames:
-                if stop.is_set() and self.queue.closed:
-                    return
-                continue
             try:
+                if not frames:
+                    if self.journal.queued:  # events the disk refused, on an idle line: retry them here
+                        self._write_journal()
+                    if stop.is_set() and self.queue.closed:
+                        return
+                    continue
                 self._process(frames)
+            except OutputStopped:
+                # Stopping while the journal refuses writes: what is held and queued is not acknowledged.
+                log.warning("scorer_gave_up_blocked_output held_frames=%d queued=%d", len(frames), len(self.queue))
+                return
             except Exception:  # noqa: BLE001 - the scorer must outlive any one batch
                 metrics.ERRORS.labels("score").inc()
                 log.exception("batch_failed size=%d", len(frames))
@@ -191,6 +243,8 @@ class Daemon:
                 log.error("frame_scoring_failed source=%s path=%s error=%s", frame.source, frame.path, exc)
                 if frame.path is not None:
                     self.quarantine.put(frame.source, frame.path, "undecodable", f"scoring failed: {exc}")
+                    if self.outputs.stopping and frame.path.exists():
+                        continue  # given up unmoved: not acknowledged, so it is tried again at the next start
                 self.sources.acknowledge(frame)
         return results
 
@@ -211,9 +265,11 @@ class Daemon:
             if anomaly and self.alerts is not None:
                 # On disk before the journal line, released after the journal's fsync (prepare_verdict).
                 prepared.extend(self.alerts.prepare_verdict(verdict))
-            self.journal.append(verdict.to_json())
             verdicts.append((frame, verdict))
-        self.journal.sync()  # verdicts are durable before the ledger says "done" and before any alert
+        self.journal.enqueue([verdict.to_json() for _, verdict in verdicts])
+        # Durable before the ledger says "done" and before any alert. On a full disk this holds the batch and
+        # retries (no new frames are collected meanwhile: back-pressure); each line is written exactly once.
+        self._write_journal()
         if self.alerts is not None:
             self.alerts.release(prepared)
         for frame, verdict in verdicts:
@@ -233,6 +289,15 @@ class Daemon:
                 log.debug("normal source=%s path=%s score=%.6g threshold=%.6g", source, frame.path,
                           verdict.score, verdict.threshold)
 
+    def _write_journal(self) -> None:
+        """Write and fsync what the journal holds, retried while the disk refuses (OutputStopped on stop)."""
+
+        def attempt() -> None:
+            self._scorer_alive = time.monotonic()
+            self.journal.sync()
+
+        self.outputs.write("journal", attempt)
+
     def _write_evidence(self, frame: Frame, scored: ScoredBatch, i: int, score: float,
                         threshold: float) -> Path | None:
         try:
@@ -240,11 +305,18 @@ class Daemon:
             title = f"{frame.source} {frame.path.name if frame.path is not None else 'camera frame'}"
             image = render_evidence(scored.inputs[i], scored.reconstructions[i], scored.error_maps[i], score,
                                     threshold, title)
-            return self.evidence.save(image, frame.source, frame.frame_time, stem)
-        except Exception as exc:  # noqa: BLE001 - a full disk must not stop verdicts
+            path = self.evidence.save(image, frame.source, frame.frame_time, stem)
+        except OSError as exc:
+            # A full disk must not stop verdicts: the verdict goes on without its picture (logged once per
+            # episode by the guard, its temporary file already removed by atomic_write).
+            self.outputs.failed("evidence", exc, "no_evidence")
+            return None
+        except Exception as exc:  # noqa: BLE001 - nor may a picture that cannot be drawn
             metrics.ERRORS.labels("evidence").inc()
             log.error("evidence_failed source=%s path=%s error=%s", frame.source, frame.path, exc)
             return None
+        self.outputs.succeeded("evidence")
+        return path
 
 
 # Signals that end the process by default but must not: an operator's `systemctl reload` (SIGHUP) or a stray
@@ -293,5 +365,5 @@ def run(config: Config, bundle: Bundle) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     daemon.start()
-    systemd.notify(f"READY=1\nSTATUS=scoring {len(config.sources)} sources")
+    systemd.notify(f"READY=1\nSTATUS={ok_status(config)}")
     return daemon.wait()

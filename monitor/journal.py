@@ -10,12 +10,14 @@ each case the daemon must still start, and a 10 MB corrupt file must not flood t
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
+import stat
 import threading
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from monitor import metrics
-from monitor.files import LineFile
+from monitor.files import LineFile, NotRegularFile, describe
 from monitor.records import FileKey
 
 log = logging.getLogger(__name__)
@@ -168,41 +170,113 @@ class Rejections:
 def _ends_with_newline(path: Path) -> bool:
     """False when the file's last line was cut by a crash (the next append would be glued onto it)."""
     try:
-        with open(path, "rb") as f:
-            if f.seek(0, os.SEEK_END) == 0:
-                return True
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
+        # O_NONBLOCK: a FIFO at the journal's path must not block the start (LineFile then refuses it).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return True  # nothing to repair that we can read; the append itself will say what is wrong
+        return True  # nothing to repair that we can read; opening for append will say what is wrong
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return True
+        return os.pread(fd, 1, st.st_size - 1) == b"\n"
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 class Journal:
-    """Append-only JSONL file; `journal.jsonl.1` .. `.N` hold older lines after rotation."""
+    """Append-only JSONL file; `journal.jsonl.1` .. `.N` hold older lines after rotation.
+
+    Records wait in a queue until they are written: a write the disk refuses leaves the file as it was (no
+    torn line: LineFile cuts it back) and the records in the queue, so the next `sync` or `append` writes each
+    of them exactly once. The daemon retries `sync` while the disk is full (monitor.outputs).
+    """
 
     def __init__(self, path: Path, max_bytes: int = 64 * 2**20, backups: int = 10) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
         self._lock = threading.Lock()
+        self._queued: deque[str] = deque()
         cut = self.path.exists() and not _ends_with_newline(self.path)
-        self._file = LineFile(self.path)
+        self._file = LineFile(self.path)  # NotRegularFile for a FIFO, a socket, a device
         if cut:
-            # A crash mid-line: end that line, so the first record of this run is a line of its own.
-            self._file.write("\n")
+            # A crash mid-line: end that line, so the first record of this run is a line of its own. Queued,
+            # not written: a full disk must not stop the start (the first write of this run ends the line).
+            self._queued.append("\n")
+
+    @property
+    def queued(self) -> int:
+        """Records waiting to be written (the disk refused them so far)."""
+        with self._lock:
+            return len(self._queued)
+
+    def enqueue(self, records: list[dict]) -> None:
+        """Queue records for the next `sync` (or `append`), which writes them in order, each exactly once."""
+        lines = [_line(r) for r in records]
+        with self._lock:
+            self._queued.extend(lines)
 
     def append(self, record: dict) -> None:
-        """Write one line and flush it to the OS (a crash of this process loses nothing written)."""
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        """Write one line (after any still queued) and flush it to the OS: a crash of this process loses nothing
+        written. Raises OSError when the disk refuses; the record then stays queued for the next write."""
+        line = _line(record)
         with self._lock:
-            if self._file.size + len(line) > self.max_bytes and self._file.size > 0:
-                self._rotate()
-            self._file.write(line)
+            self._queued.append(line)
+            self._write_queued(durable=False)
 
     def sync(self) -> None:
-        """fsync: what was appended survives a power cut too. Called once per batch, not per line."""
+        """Write what is queued and fsync: it survives a power cut too. Called once per batch, not per line.
+
+        Raises OSError when the disk refuses; what is not durable is then queued again (the file cut back).
+        """
         with self._lock:
-            self._file.sync()
+            self._write_queued(durable=True)
+
+    def _write_queued(self, durable: bool) -> None:
+        # Lines written to the current file by this call, and where they began: an fsync that fails is undone
+        # (cut back, queued again), since after a failed fsync Linux may drop the pages and report success later.
+        start = self._file.ensure_open()
+        written: list[str] = []
+        try:
+            while self._queued:
+                size = self._file.size
+                if size > 0 and size + len(self._queued[0]) > self.max_bytes:
+                    self._file.sync()  # what went into this file is durable before it is renamed
+                    self._rotate()
+                    start, written = 0, []
+                chunk = self._chunk(self.max_bytes - self._file.size)
+                self._file.write_many(chunk)  # all or nothing
+                for _ in chunk:
+                    self._queued.popleft()
+                written.extend(chunk)
+            if durable:
+                self._file.sync()
+        except OSError:
+            if written:
+                self._undo(start, written)
+            raise
+
+    def _chunk(self, room: int) -> list[str]:
+        """The queued lines that fit in `room` bytes, at least one (a line longer than the limit goes alone)."""
+        chunk = [self._queued[0]]
+        used = len(chunk[0])
+        for line in itertools.islice(self._queued, 1, None):
+            used += len(line)
+            if used > room:
+                break
+            chunk.append(line)
+        return chunk
+
+    def _undo(self, start: int, written: list[str]) -> None:
+        """Cut the current file back to `start` and queue `written` again (not when the cut failed: the lines
+        are then still in the file, and queuing them again would write them twice)."""
+        try:
+            self._file.truncate(start)
+        except OSError:
+            return
+        self._queued.extendleft(reversed(written))
 
     def _rotate(self) -> None:
         self._file.close()
@@ -218,8 +292,23 @@ class Journal:
         self._file.reopen()
 
     def close(self) -> None:
+        """Write what is still queued (one try), fsync and close."""
         with self._lock:
-            self._file.close()
+            if self._queued:
+                try:
+                    self._write_queued(durable=True)
+                except OSError as exc:
+                    # Their frames were not acknowledged: folder files are scored again at the next start.
+                    log.error("journal_closed_with_unwritten_records count=%d error=%s", len(self._queued),
+                              describe(exc))
+            try:
+                self._file.close()
+            except OSError as exc:  # closed anyway; what the last fsync did not keep, the ledger does not say
+                log.error("journal_close_failed path=%s error=%s", self.path, describe(exc))
+
+
+def _line(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -240,7 +329,12 @@ def read_journal_tail(path: Path, max_bytes: int = 4 * 2**20) -> list[dict]:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK and regular files only: a FIFO at the journal's path would block a plain open for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise NotRegularFile(path, mode)
             size = f.seek(0, os.SEEK_END)
             start = max(0, size - max_bytes)
             f.seek(start)

@@ -145,3 +145,22 @@ STATE_FILES_UNREADABLE = Counter(
     "(journal, ledger); the daemon starts without them.",
     ["file"], registry=REGISTRY,
 )
+
+# --- outputs: refused writes, back-pressure (issue 11) -----------------------------------------
+OUTPUT_BLOCKED = Gauge(
+    _name("output_blocked"),
+    "1 from a refused write to the output (disk full, I/O error) to its next successful write: journal and "
+    "quarantine hold their work and retry (scoring or reading pauses, folders wait), evidence is skipped.",
+    ["output"], registry=REGISTRY,
+)
+OUTPUT_ERRORS = Counter(
+    _name("output_errors"),
+    "Writes refused by the OS, by output (journal, ledger, evidence, quarantine, outbox) and errno name "
+    "(ENOSPC, EIO, EDQUOT, ...).",
+    ["output", "errno"], registry=REGISTRY,
+)
+ORPHAN_TEMPS_REMOVED = Counter(
+    _name("orphan_temp_files_removed"),
+    "Temporary files (.<name>.tmp) left by a crash or a refused write and removed at start, by output folder.",
+    ["output"], registry=REGISTRY,
+)

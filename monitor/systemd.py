@@ -29,6 +29,11 @@ def notify(state: str) -> bool:
         return False
 
 
+def status(text: str) -> bool:
+    """Set the one-line status `systemctl status` shows (STATUS=); never blocks, like `notify`."""
+    return notify("STATUS=" + " ".join(text.split()))
+
+
 def watchdog_interval() -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None when no watchdog is set."""
     usec = os.environ.get("WATCHDOG_USEC")

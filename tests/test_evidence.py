@@ -1,9 +1,12 @@
 """Evidence images: three panels with the score written on them; retention by count and bytes."""
 
+import errno
+import os
 import time
 
 import cv2
 import numpy as np
+import pytest
 
 from monitor.evidence import HEADER_HEIGHT, EvidenceStore, render_evidence
 
@@ -96,3 +99,22 @@ def test_store_applies_retention_to_files_left_by_an_earlier_run(tmp_path):
         first.save(np.zeros((8, 8, 3), np.uint8), "s", 1000.0 + i, f"old{i}")
     EvidenceStore(tmp_path, max_files=2)
     assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_a_refused_evidence_write_leaves_no_temporary_file_and_no_retention_entry(tmp_path, monkeypatch):
+    from monitor import files
+
+    store = EvidenceStore(tmp_path, max_files=10)
+
+    def full_disk(fd, data):
+        os.write(fd, bytes(data[:100]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "_write_all", full_disk)
+    inp, rec, err = sample()
+    with pytest.raises(OSError):
+        store.save(render_evidence(inp, rec, err, 0.2, 0.1), "line1", time.time(), "a")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    path = store.save(render_evidence(inp, rec, err, 0.2, 0.1), "line1", time.time(), "a")
+    assert os.listdir(tmp_path) == [path.name]

@@ -1,8 +1,13 @@
 """The journal: one JSON line per record, flushed at once, rotated by size."""
 
+import errno
 import json
+import os
 
-from monitor.journal import Journal, read_journal
+import pytest
+
+from monitor.files import LineFile, NotRegularFile
+from monitor.journal import Journal, read_journal, read_journal_tail
 
 
 def test_each_record_is_one_line_readable_before_close(tmp_path):
@@ -34,3 +39,64 @@ def test_journal_rotates_by_size_and_keeps_backups(tmp_path):
     assert (tmp_path / "j.jsonl.2").exists() and not (tmp_path / "j.jsonl.3").exists()
     assert first[-1]["i"] + 1 == current[0]["i"]  # no line lost at the seam
     assert current[-1]["i"] == 299
+
+
+def _refuse_once(monkeypatch, method: str) -> None:
+    """The next LineFile.`method` call fails with ENOSPC (after doing nothing), as on a full disk."""
+    real = getattr(LineFile, method)
+    left = [1]
+
+    def refuse(self, *args):
+        if left[0]:
+            left[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args)
+
+    monkeypatch.setattr(LineFile, method, refuse)
+
+
+def test_records_the_disk_refused_stay_queued_and_the_next_sync_writes_each_once(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.append({"i": 0})
+    journal.enqueue([{"i": 1}, {"i": 2}])
+    _refuse_once(monkeypatch, "write_many")
+    with pytest.raises(OSError):
+        journal.sync()
+    assert journal.queued == 2
+    journal.sync()
+    journal.close()
+    assert [r["i"] for r in read_journal(tmp_path / "j.jsonl")] == [0, 1, 2]
+
+
+def test_lines_whose_fsync_failed_are_cut_back_and_written_again(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.append({"i": 0})
+    journal.sync()
+    journal.enqueue([{"i": 1}, {"i": 2}])
+    _refuse_once(monkeypatch, "sync")
+    with pytest.raises(OSError):
+        journal.sync()
+    # After a failed fsync the kernel may have dropped the pages: the lines are cut back and queued again.
+    assert [r["i"] for r in read_journal(tmp_path / "j.jsonl")] == [0] and journal.queued == 2
+    journal.sync()
+    journal.close()
+    assert [r["i"] for r in read_journal(tmp_path / "j.jsonl")] == [0, 1, 2]
+
+
+def test_an_event_refused_while_a_batch_waits_is_written_after_it_in_order(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.enqueue([{"i": 0}])
+    _refuse_once(monkeypatch, "write_many")
+    with pytest.raises(OSError):
+        journal.sync()
+    journal.append({"i": 1})  # the disk took it: the batch queued before it goes first
+    journal.sync()
+    journal.close()
+    assert [r["i"] for r in read_journal(tmp_path / "j.jsonl")] == [0, 1]
+
+
+def test_a_journal_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "j.jsonl")
+    with pytest.raises(NotRegularFile):
+        Journal(tmp_path / "j.jsonl")
+    assert read_journal_tail(tmp_path / "j.jsonl") == []  # nor does the start's tail read block on it

@@ -22,6 +22,7 @@ from monitor import metrics
 from monitor.alerts.config import EventKind
 from monitor.alerts.events import Alert
 from monitor.files import atomic_write, fsync_dir
+from monitor.outputs import count_error
 from monitor.schema import NAME_PATTERN, key_path
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,12 @@ class Outbox:
         folder = self.folder(alert.sink)
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / self.filename(alert)
-        atomic_write(final, json.dumps(alert.to_json(), sort_keys=True).encode(), durable=True, mode=0o600)
+        try:
+            # All or nothing: a refused write leaves no temporary file (atomic_write removes it).
+            atomic_write(final, json.dumps(alert.to_json(), sort_keys=True).encode(), durable=True, mode=0o600)
+        except OSError as exc:
+            count_error("outbox", exc)
+            raise
         return final
 
     def remove(self, alert: Alert) -> None:

@@ -22,8 +22,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from monitor import metrics
-from monitor.files import LineFile, atomic_write
+from monitor.files import LineFile, atomic_write, describe
 from monitor.journal import FileName, MtimeNs, RecordRejected, Rejections, Size, parse_object_line, rejection_reason
+from monitor.outputs import count_error
 from monitor.records import FileKey
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Ledger:
         self._keys: set[FileKey] = set()
         self._lock = threading.Lock()
         self._file: LineFile | None = None  # None: the ledger lives in memory only (it could not be opened)
+        self._failing = False  # the last write was refused: logged once, until a write succeeds again
         rejected, ends_clean = self._load()
         if rejected.count:
             set_aside = self._rewrite_without(rejected)
@@ -155,11 +157,27 @@ class Ledger:
         return len(self._keys)
 
     def add(self, key: FileKey) -> None:
-        """Record a scored file version (flushed to the OS at once)."""
+        """Record a scored file version (flushed to the OS at once).
+
+        Never raises: a line the disk refuses is kept in memory only (the verdict is already in the journal,
+        whose tail fills the ledger again at the next start), counted, and logged once per episode.
+        """
         with self._lock:
             self._keys.add(key)
-            if self._file is not None:
-                self._file.write(_line(key))
+            if self._file is None:
+                return
+            try:
+                self._file.write(_line(key))  # all or nothing: no cut line on a full disk
+            except OSError as exc:
+                count_error("ledger", exc)
+                if not self._failing:
+                    self._failing = True
+                    log.error("output_blocked output=ledger path=%s error=%s action=memory_only", self.path,
+                              describe(exc))
+                return
+            if self._failing:
+                self._failing = False
+                log.warning("output_recovered output=ledger path=%s", self.path)
 
     def compact(self, existing: Iterable[FileKey]) -> None:
         """Keep only entries of file versions still present, so the ledger never outgrows the folder."""
@@ -169,14 +187,32 @@ class Ledger:
             if len(keep) == len(self._keys):
                 return
             if self._file is not None:
-                self._file.close()
-                atomic_write(self.path, "".join(_line(k) for k in sorted(keep)).encode(), durable=True)
-                self._file.reopen()
+                try:
+                    atomic_write(self.path, "".join(_line(k) for k in sorted(keep)).encode(), durable=True)
+                except OSError as exc:
+                    # The old file stays (a few lines too many); compaction is tried again at the next start.
+                    count_error("ledger", exc)
+                    log.warning("ledger_compact_failed path=%s error=%s", self.path, describe(exc))
+                    return
+                self._reopen()
             log.info("ledger_compacted path=%s kept=%d dropped=%d", self.path, len(keep),
                      len(self._keys) - len(keep))
             self._keys = keep
 
+    def _reopen(self) -> None:
+        """Append to the file now at the path (compaction replaced it); memory only when that fails."""
+        assert self._file is not None
+        try:
+            self._file.reopen()
+        except OSError as exc:
+            self._file = None
+            count_error("ledger", exc)
+            log.warning("ledger_unwritable path=%s error=%s action=memory_only", self.path, describe(exc))
+
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError as exc:  # its lines are in the journal too; nothing to do but say so
+                    log.warning("ledger_close_failed path=%s error=%s", self.path, describe(exc))
