@@ -17,6 +17,7 @@ from pathlib import Path
 
 from monitor import metrics
 from monitor.files import atomic_write, describe, move_file, safe_name
+from monitor.logsafe import escape_controls
 from monitor.outputs import OutputGuard, OutputStopped, count_error
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,10 @@ class Quarantine:
             n += 1
             target = target_dir / f"{stamp}_{n}_{safe_name(path.name)}"
         reason_file = target.with_name(target.name + REASON_SUFFIX)
-        text = f"reason: {reason}\nsource: {source}\noriginal: {path}\ntime: {stamp}\ndetail: {detail}\n"
+        # One field a line, whatever the file's name holds: a newline in it must not forge a field, and the
+        # bytes of a name that is not UTF-8 (lone surrogates in Python) must not make the reason unwritable.
+        fields = {"reason": reason, "source": source, "original": str(path), "time": stamp, "detail": detail}
+        text = "".join(f"{key}: {escape_controls(value)}\n" for key, value in fields.items())
         # First, and atomic: whoever sees a quarantined file sees its whole reason.
         atomic_write(reason_file, text.encode(), durable=True)
         try:
