@@ -41,9 +41,11 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/quality.py
 
 # An hour (SOAK_SECONDS) of the real daemon on a folder feed and an ffmpeg camera; exit 1 when RSS, fds,
-# threads or p99 latency grow. tests/test_soak.py runs the same code for 2 minutes in `make test`.
+# threads or p99 latency grow. tests/test_soak.py runs the same code for 2 minutes in `make test`. Then the
+# SIGKILL hunt at 20 rounds (8 in `make test`, about 7.5 s a round).
 soak: $(STAMP)
 	$(PY) benchmarks/soak.py --seconds $(SOAK_SECONDS)
+	SIGKILL_ROUNDS=20 $(PY) -m pytest -q tests/faults/test_faults_sigkill.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

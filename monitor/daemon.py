@@ -115,7 +115,7 @@ class Daemon:
         metrics.MODEL_INFO.info({
             "bundle": self.bundle.path.name,
             "input": f"{self.bundle.height}x{self.bundle.width}x{self.bundle.channels}",
-            "score": self.bundle.score_name,
+            "score": self.bundle.score_label,
             "device": self.scorer.device,
         })
         metrics.QUEUE_DEPTH.set_function(lambda: len(self.queue))
