@@ -6,6 +6,11 @@ to the queue's latest-wins slot of the camera, so a slow scorer drops old frames
 behind. A stream that errors or delivers nothing for `read_timeout_s` is closed and reopened with
 exponential backoff; one that stays down for `lost_after_s` raises a "camera_lost" event, and
 "camera_found" when frames flow again.
+
+A paused camera is not read: a live camera's capture is released (a device is free for someone else, a
+stream server sees the client leave) and opened again on resume, which is not counted as a reconnect; a
+video file keeps its capture and goes on from the frame where it stopped. A pause never counts towards
+`lost_after_s`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from monitor import metrics
 from monitor.batching import FrameQueue, QueueClosed
 from monitor.config import CameraSourceConfig, camera_kind
 from monitor.records import Frame, SourceEvent
-from monitor.sources.base import Source
+from monitor.sources.base import PausableSource
 from monitor.threads import StoppableThread
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ _FFMPEG_ENV_LOCK = threading.Lock()
 _BUFFERED_GRAB_S = 0.002
 _FILE_FPS_FALLBACK = 25.0
 _WAIT_SLICE_S = 0.25
+_PAUSE_POLL_S = 0.05  # how soon a paused reader notices resume (stop wakes it at once)
 
 
 def redact(camera: int | str) -> str:
@@ -59,13 +65,15 @@ def crop(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray
     return np.ascontiguousarray(image[y:y1, x:x1])
 
 
-class CameraSource(Source):
+class CameraSource(PausableSource):
     """Reads one camera in its own thread and offers its newest frames to the queue."""
+
+    source_kind = "camera"
 
     def __init__(self, config: CameraSourceConfig, queue: FrameQueue,
                  on_event: Callable[[SourceEvent], None]) -> None:
+        super().__init__(config.name)
         self.config = config
-        self.name = config.name
         self.kind = camera_kind(config.camera)
         self._queue = queue
         self._on_event = on_event
@@ -109,6 +117,11 @@ class CameraSource(Source):
     def join_timeout_s(self) -> float:
         return max(5.0, 1.5 * self.config.read_timeout_s)
 
+    @property
+    def up(self) -> bool:
+        """True while frames flow: the reader runs, is not paused, and had a frame since it was last down."""
+        return self._down_since is None and self.thread.alive and not self.paused
+
     def seconds_since_last_frame(self) -> float:
         """Seconds since the last frame was handed over (since start when none was yet)."""
         return time.monotonic() - (self._last_frame if self._last_frame is not None else self._started)
@@ -117,6 +130,9 @@ class CameraSource(Source):
     def _run(self, _stop: threading.Event) -> None:
         try:
             while not self._stop.is_set():
+                if self.paused:
+                    self._wait_paused()
+                    continue
                 cap = self._open()
                 if cap is None:
                     self._mark_down("open_failed")
@@ -128,6 +144,8 @@ class CameraSource(Source):
                     cap.release()
                 if self._stop.is_set():
                     break
+                if self.paused:
+                    continue  # a live capture released for the pause: opened again on resume
                 if ended and not self.config.loop:
                     self._finish()
                     break
@@ -196,12 +214,12 @@ class CameraSource(Source):
 
     def _read_live(self, cap: cv2.VideoCapture) -> bool:
         """Grab every frame as it arrives, decode one at each sampling instant. Returns False when the
-        stream failed (error, end, or no frame for `read_timeout_s`)."""
+        stream failed (error, end, or no frame for `read_timeout_s`), True when stopped or paused."""
         timeout = self.config.read_timeout_s
         last_good = time.monotonic()
         next_sample = last_good
         drain_started: float | None = None
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self.paused:
             t0 = time.monotonic()
             ok = cap.grab()
             now = time.monotonic()
@@ -230,7 +248,7 @@ class CameraSource(Source):
             late = now - next_sample >= self._period
             next_sample = now + self._period if late else next_sample + self._period
         else:
-            return True  # stopped
+            return True  # stopped or paused
         log.warning("camera_read_failed source=%s reason=no_decodable_frame timeout_s=%s", self.name, timeout)
         self._mark_down("read_failed")
         return False
@@ -246,6 +264,12 @@ class CameraSource(Source):
         handed = 0
         next_sample_media = 0.0
         while not self._stop.is_set():
+            if self.paused:
+                paused_at = time.monotonic()
+                if not self._wait_paused():
+                    return False
+                start += time.monotonic() - paused_at  # the media clock goes on where it stopped
+                continue
             media_t = index / file_fps
             delay = start + media_t - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
@@ -332,12 +356,29 @@ class CameraSource(Source):
         delay = min(delay, cfg.backoff_max_s)
         log.debug("camera_retry source=%s in_s=%.2f failures=%d", self.name, delay, self._failures)
         deadline = time.monotonic() + delay
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self.paused:
             now = time.monotonic()
             self._check_lost(now)
             if now >= deadline:
                 return
             self._stop.wait(min(_WAIT_SLICE_S, deadline - now))
+
+    def _wait_paused(self) -> bool:
+        """In the reader thread: wait while paused. True on resume, False when stopped meanwhile."""
+        self._up.set(0)  # no frames while paused; anomaly_monitor_source_paused says why
+        log.info("camera_reading_paused source=%s camera=%s", self.name, redact(self.config.camera))
+        while self.paused and not self._stop.is_set():
+            self._stop.wait(_PAUSE_POLL_S)
+        if self._stop.is_set():
+            return False
+        # The pause is not downtime: the lost clock starts again now (a camera lost before the pause stays
+        # lost until frames come), the backoff starts from the beginning, and opening again is no reconnect.
+        if not self._lost:
+            self._down_since = time.monotonic()
+        self._failures = 0
+        self._rewinding = True
+        log.info("camera_reading_resumed source=%s", self.name)
+        return True
 
     def _finish(self) -> None:
         self._down_since = time.monotonic()  # no longer delivering, but finished is not lost: no event

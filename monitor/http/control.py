@@ -1,0 +1,174 @@
+"""What the HTTP server may ask of the daemon, and the adapter that asks today's Daemon.
+
+The server sees only `Controller`: readiness, a status snapshot, pause/resume of a source by name, reload.
+A request names sources by their config name and nothing else: no path ever comes from a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+from monitor.sources.base import NotPausable, Source
+
+if TYPE_CHECKING:
+    from monitor.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Controller", "DaemonController", "NotPausable"]
+
+
+class Controller(Protocol):
+    """The daemon as the HTTP server sees it. Every method may be called from the server's threads."""
+
+    def ready(self) -> bool:
+        """True once the daemon has started and its scorer runs; False before and while stopping."""
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot: sources, models, thresholds, queue, cameras."""
+
+    def pause(self, name: str) -> None:
+        """Pause source `name`. KeyError: no such source; NotPausable: it cannot be paused now."""
+
+    def resume(self, name: str) -> None:
+        """Resume source `name`. KeyError: no such source; NotPausable: it cannot be resumed now."""
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the config and the bundles; (succeeded, message)."""
+
+
+def _finite(value: Any) -> float | None:
+    """A float for JSON, None for nan/inf/not a number (JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _describe_bundle(bundle: Any) -> dict[str, Any]:
+    """A bundle as the status shows it: folder name (never the full path), input shape, score."""
+    return {
+        "bundle": bundle.path.name,
+        "input": f"{bundle.height}x{bundle.width}x{bundle.channels}",
+        "score": bundle.score_label,
+    }
+
+
+class DaemonController:
+    """`Controller` over a `monitor.daemon.Daemon`, read through its public attributes.
+
+    Optional parts of the Daemon are looked up with getattr, so this works before and after they exist:
+    `reload()` (live reload), `ready` (a bool property or method), `bundles` (model name -> Bundle, one
+    model per source; otherwise the single `bundle` is the model called "default").
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        # One reload at a time from the API: a second request waits for the first instead of racing it.
+        self._reload_lock = threading.Lock()
+
+    # --- reading ------------------------------------------------------------------------------------
+    def _sources(self) -> dict[str, Source]:
+        return self.daemon.sources.sources
+
+    def _source(self, name: str) -> Source:
+        source = self._sources().get(name)
+        if source is None:
+            raise KeyError(name)
+        return source
+
+    def ready(self) -> bool:
+        own = getattr(self.daemon, "ready", None)
+        if own is not None:
+            return bool(own() if callable(own) else own)
+        scorer = getattr(self.daemon, "_scorer", None)
+        stopping = getattr(self.daemon, "_stop", None)
+        if scorer is None or not scorer.alive or (stopping is not None and stopping.is_set()):
+            return False
+        # Sources start after the scorer, each after its backlog scan: ready once every one has started.
+        return all(s.thread.started for s in self._sources().values())
+
+    def _bundles(self) -> dict[str, Any]:
+        bundles = getattr(self.daemon, "bundles", None)
+        if isinstance(bundles, dict) and bundles:
+            return dict(bundles)
+        return {"default": self.daemon.bundle}
+
+    def status(self) -> dict[str, Any]:
+        daemon = self.daemon
+        sources = self._sources()
+        sources_out = []
+        cameras = []
+        for name, source in sources.items():
+            config = getattr(source, "config", None)
+            sources_out.append({
+                "name": name,
+                "kind": source.source_kind,
+                "state": source.state,
+                "pausable": source.pausable,
+                "model": getattr(config, "model", "default"),
+            })
+            if source.source_kind == "camera":
+                cameras.append(self._camera(source))
+        thresholds = {}
+        settings = daemon.config.threshold
+        for name, threshold in list(daemon.thresholds.items()):
+            try:
+                value = threshold.value
+            except (IndexError, RuntimeError):  # read while the scorer thread updates the window
+                value = None
+            thresholds[name] = {
+                "value": _finite(value),
+                "mode": "fixed" if getattr(threshold, "fixed", None) is not None else "rolling",
+                "window": settings.window,
+            }
+        return {
+            "ready": self.ready(),
+            "sources": sources_out,
+            "models": {name: _describe_bundle(b) for name, b in self._bundles().items()},
+            "thresholds": thresholds,
+            "queue": {"depth": len(daemon.queue), "capacity": daemon.queue.capacity},
+            "cameras": cameras,
+        }
+
+    @staticmethod
+    def _camera(source: Any) -> dict[str, Any]:
+        from monitor.sources.camera import redact
+
+        return {
+            "name": source.name,
+            "camera": redact(source.config.camera),  # a URL without its password
+            "kind": source.kind,
+            "fps": source.config.fps,
+            "up": source.up,
+            "frames_read": source.frames_read,
+            "seconds_since_last_frame": _finite(source.seconds_since_last_frame()),
+        }
+
+    # --- acting -------------------------------------------------------------------------------------
+    def pause(self, name: str) -> None:
+        self._source(name).pause()
+
+    def resume(self, name: str) -> None:
+        self._source(name).resume()
+
+    def reload(self) -> tuple[bool, str]:
+        reload = getattr(self.daemon, "reload", None)
+        if not callable(reload):
+            return False, "reload not available"
+        with self._reload_lock:
+            try:
+                result = reload()
+            except Exception as exc:  # noqa: BLE001 - the API answers with the reason; the daemon goes on
+                log.exception("reload_failed via=http")
+                return False, f"{type(exc).__name__}: {exc}"
+        # The daemon's reload may answer (ok, message), a bool, or nothing (it raises when it fails).
+        if isinstance(result, tuple) and len(result) == 2:
+            return bool(result[0]), str(result[1])
+        if isinstance(result, bool):
+            return result, "reloaded" if result else "reload failed"
+        return True, "reloaded"
