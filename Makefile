@@ -7,7 +7,7 @@ CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 SOAK_SECONDS ?= 3600
 
-.PHONY: install system-deps run test lint model benchmarks soak clean
+.PHONY: install system-deps run test lint model benchmarks soak clean install-service
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,22 @@ benchmarks: $(STAMP)
 soak: $(STAMP)
 	$(PY) benchmarks/soak.py --seconds $(SOAK_SECONDS)
 	SIGKILL_ROUNDS=20 $(PY) -m pytest -q tests/faults/test_faults_sigkill.py
+
+# Production install as a systemd service (scripts/install_service.py, stdlib only, no .venv needed): the unit
+# files, the service user (sysusers.d), folders (tmpfiles.d), /etc/anomaly-monitor/config.yaml, the model and a
+# venv with the runtime dependencies only, made by SERVICE_PYTHON. DESTDIR stages it all in a folder (with
+# NO_VENV=1: a venv cannot be moved); INSTANCES="line2=9109 line3=9110" adds configs for anomaly-monitor@NAME.
+DESTDIR ?=
+PREFIX ?= /opt/anomaly-monitor
+SERVICE_PYTHON ?= /usr/bin/python3
+INSTANCES ?=
+METRICS_HOST ?= 127.0.0.1
+NO_VENV ?=
+INSTALL_ARGS ?=
+install-service:
+	$(PYTHON) scripts/install_service.py --destdir '$(DESTDIR)' --prefix '$(PREFIX)' --python '$(SERVICE_PYTHON)' \
+		--metrics-host '$(METRICS_HOST)' $(foreach i,$(INSTANCES),--instance '$(i)') $(if $(NO_VENV),--no-venv) \
+		$(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
