@@ -116,7 +116,8 @@ class Installer:
         target = self.dest(path)
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(src, target)
+        # The bundle's training report (figures, HTML) is for people reviewing a model; the daemon never reads it.
+        shutil.copytree(src, target, ignore=shutil.ignore_patterns("report"))
         # Readable by the service user whatever the umask of the person installing.
         for p in [target, *target.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
