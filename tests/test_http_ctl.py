@@ -135,3 +135,17 @@ def test_reload_reports_the_daemons_answer(served, capsys, monkeypatch):
     monkeypatch.setattr(served.daemon, "reload", lambda: (False, "models.default: no such folder"), raising=False)
     assert main(["--url", served.url, "reload"]) == 1
     assert capsys.readouterr().err.strip() == "error: reload: HTTP 500: models.default: no such folder"
+
+
+def test_the_url_may_come_from_the_daemons_config(served, tmp_path, tiny_bundle, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {tiny_bundle}\nsources: [{{name: line1, folder: inbox}}]\n"
+                      f"metrics: {{host: 0.0.0.0, port: {served.server.port}}}\n")
+    assert main(["--config", str(config), "status"]) == 0
+    assert "line1" in capsys.readouterr().out
+
+
+def test_a_bad_config_is_exit_2(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("sources: 3\n")
+    assert main(["--config", str(tmp_path / "config.yaml"), "status"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -28,7 +28,9 @@ class _Usage(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monitor ctl", description="Talk to the running daemon's HTTP API.")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's HTTP server (default {DEFAULT_URL})")
+    parser.add_argument("--url", help=f"the daemon's HTTP server (default: from --config, else {DEFAULT_URL})")
+    parser.add_argument("--config", type=Path,
+                        help="the daemon's config file: the URL (metrics.host, metrics.port) and token file from it")
     parser.add_argument("--token-file", type=Path,
                         help=f"a file holding the API token (default: the {TOKEN_ENV} environment variable)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for an answer")
@@ -90,9 +92,29 @@ def _print_status(status: dict[str, Any]) -> None:
                   f"last_frame={'-' if since is None else f'{since:.1f}s ago'} camera={cam.get('camera')}")
 
 
+def _from_config(args: argparse.Namespace) -> None:
+    """Fill --url and --token-file left unset from the daemon's config file (`_Usage` when it is not valid)."""
+    from monitor.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise _Usage(str(exc)) from None
+    if args.url is None:
+        host = config.metrics.host
+        # A server on every address is reached on loopback from here; an IPv6 literal needs brackets.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        args.url = f"http://{f'[{host}]' if ':' in host else host}:{config.metrics.port}"
+    token_file = getattr(config.metrics, "token_file", None)
+    if args.token_file is None and token_file is not None:
+        args.token_file = Path(token_file)
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out one parsed command; the exit code."""
-    base = args.url.rstrip("/")
+    if args.config is not None:
+        _from_config(args)
+    base = (args.url or DEFAULT_URL).rstrip("/")
     if args.command == "status":
         method, path, token = "GET", "/api/status", None
     elif args.command == "reload":
