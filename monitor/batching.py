@@ -68,6 +68,25 @@ class FrameQueue:
             self._on_camera_drop(frame.source)
         return not dropped
 
+    def discard(self, sources: set[str]) -> dict[str, int]:
+        """Drop the queued frames of `sources` (a reload removed or replaced them); counts by source.
+
+        Never acknowledged: a folder's file stays out of its ledger and is found again by the source that
+        replaces it, or at the next start.
+        """
+        counts: dict[str, int] = {}
+        with self._cond:
+            kept = deque(f for f in self._files if f.source not in sources)
+            for frame in self._files:
+                if frame.source in sources:
+                    counts[frame.source] = counts.get(frame.source, 0) + 1
+            self._files = kept
+            for name in sources & set(self._cameras):
+                del self._cameras[name]
+                counts[name] = counts.get(name, 0) + 1
+            self._cond.notify_all()  # room for producers blocked on a full queue
+        return counts
+
     def close(self) -> None:
         """Stop accepting frames; frames already queued can still be collected."""
         with self._cond:

@@ -8,24 +8,58 @@ import os
 import stat
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from monitor import __version__
-from monitor.config import Config, ConfigError, check_writable, load_config, setup_logging
+from monitor.config import Config, ConfigError, check_inputs, check_writable, load_config, setup_logging
 from monitor.files import NotRegularFile
 
 log = logging.getLogger("monitor")
 
 
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's start-up noise (oneDNN, CUDA probing, absl) unless the user chose a level.
+
+    Must run before TensorFlow is imported: it reads these once, at import.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and Keras with file descriptor 2 pointed at /dev/null, when the log level asks for
+    quiet (TF_CPP_MIN_LOG_LEVEL >= 1, our default 2).
+
+    TensorFlow 2.21 writes its start-up lines ("oneDNN custom operations are on", "Could not find cuda
+    drivers") from C++ before absl's logging is set up, and those ignore TF_CPP_MIN_LOG_LEVEL. Python errors
+    are raised, not printed, so nothing that matters is hidden; no other thread runs yet at this point.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _load(path: str, outputs: bool = False, create: bool = False) -> Config | None:
     """The config, or None after printing why it cannot be used (callers exit 2).
 
-    With `outputs`, the output folders must also be writable (`create`: made if missing, as `run` needs).
+    With `outputs`, the output folders must also be writable (`create`: made if missing, as `run` needs),
+    and the inputs usable: every model bundle's sidecar valid, every video file there (`check_inputs`).
     """
     try:
         config = load_config(path)
         if outputs:
             _check_journal_file(config, path)
             check_writable(config, path, create=create)
+            check_inputs(config, path)
         return config
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -56,10 +90,13 @@ def _check_journal_file(config: Config, path: str) -> None:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     # The same output check as `run`, minus creating folders: check-config tells what run would refuse.
+    # Reading a sidecar imports TensorFlow (its score names live beside the TensorFlow code): quietly.
+    import_tensorflow_quietly()
     config = _load(args.config, outputs=True, create=False)
     if config is None:
         return 2
-    print(f"{args.config}: valid ({len(config.sources)} sources, model {config.model})")
+    models = ", ".join(f"{name}={folder}" for name, folder in config.models.items())
+    print(f"{args.config}: valid ({len(config.sources)} sources, models: {models})")
     return 0
 
 
@@ -71,12 +108,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.logging.level)
     # TensorFlow loads only here: check-config and --help stay fast.
+    import_tensorflow_quietly()
     from monitor.daemon import StartupError, run
-    from monitor.model.bundle import BundleError, load_bundle
+    from monitor.model.bundle import BundleError
 
     try:
-        bundle = load_bundle(config.model)
-        return run(config, bundle)
+        return run(config, config_path=Path(args.config).resolve())
     except (BundleError, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -130,5 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `monitor` console script."""
+    quiet_tensorflow()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -34,6 +34,7 @@ class FolderSourceConfig(StrictModel):
 
     name: Name
     folder: Path
+    model: Name = "default"  # a key of `models:` (`model:` alone is the model called `default`)
     recursive: bool = True
     extensions: list[str] = list(IMAGE_EXTENSIONS)
     # A file closed by its writer, or a PNG/JPEG/BMP (they carry their own end marker), is read after this quiet
@@ -58,6 +59,7 @@ class CameraSourceConfig(StrictModel):
 
     name: Name
     camera: int | str
+    model: Name = "default"
     fps: float = Field(default=2.0, gt=0, le=120)
     roi: tuple[int, int, int, int] | None = None  # x, y, width, height in pixels
     rtsp_transport: Literal["tcp", "udp"] | None = None
@@ -136,12 +138,15 @@ class MetricsConfig(StrictModel):
 
 class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # One `source_summary` line per source at this interval (seconds); 0 turns them off.
+    summary_interval_s: float = Field(default=60.0, ge=0, le=86_400)
 
 
 class Config(StrictModel):
     """The whole daemon config; relative paths are resolved against the config file's folder."""
 
-    model: Path = Path("models/default")
+    model: Path = Path("models/default")  # the model called `default`; or `models:`, not both
+    models: dict[Name, Path] = {}  # name -> bundle folder; sources pick one with `model: NAME`
     sources: list[SourceConfig] = Field(min_length=1)
     threshold: ThresholdConfig = ThresholdConfig()
     batching: BatchingConfig = BatchingConfig()
@@ -157,6 +162,10 @@ class Config(StrictModel):
         if dupes:
             raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
         return self
+
+    def source(self, name: str) -> SourceConfig | None:
+        """The source called `name`, or None."""
+        return next((s for s in self.sources if s.name == name), None)
 
     @property
     def folder_sources(self) -> list[FolderSourceConfig]:
@@ -237,6 +246,7 @@ def parse_config(data: Any, path: Path) -> Config:
         raise ConfigError(f"{path}: the file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    _check_shape(data, path)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -253,6 +263,9 @@ def parse_config(data: Any, path: Path) -> Config:
         raise ConfigError(f"{path}: the document is nested too deeply") from None
     base = path.resolve().parent
     config.model = _resolve(base, config.model, path, "model")
+    # One map for the daemon: `model:` alone is the model called `default`.
+    config.models = ({name: _resolve(base, p, path, f"models.{name}") for name, p in config.models.items()}
+                     or {DEFAULT_MODEL: config.model})
     out = config.output
     for key in OUTPUT_KEYS:
         setattr(out, key, _resolve(base, getattr(out, key), path, f"output.{key}"))
@@ -264,7 +277,80 @@ def parse_config(data: Any, path: Path) -> Config:
         elif camera_kind(source.camera) == "file":
             source.camera = str(_resolve(base, Path(str(source.camera)), path, f"sources[{i}].camera"))
     _resolve_alert_paths(config, base, path)
+    _check_models_known(config, path)
+    _check_folders_apart(config, path)
     return config
+
+
+DEFAULT_MODEL = "default"
+
+
+def _check_shape(data: dict, path: Path) -> None:
+    """What the schema cannot say in its own words: `model` with `models`, `folder` with `camera`."""
+    if "model" in data and "models" in data:
+        raise ConfigError(f"{path}: models: set either 'model' (one bundle) or 'models' (bundles by name), "
+                          "not both")
+    sources = data.get("sources")
+    for i, source in enumerate(sources if isinstance(sources, list) else []):
+        if isinstance(source, dict) and "folder" in source and "camera" in source:
+            name = _printable(str(source.get("name", "?")))
+            raise ConfigError(f"{path}: sources[{i}]: source {name!r} has both 'folder' and 'camera': "
+                              "a source is one or the other")
+
+
+def _check_models_known(config: Config, path: Path) -> None:
+    """ConfigError naming the key of a source whose model is not one of `models:`."""
+    known = ", ".join(sorted(config.models))
+    for i, source in enumerate(config.sources):
+        if source.model not in config.models:
+            raise ConfigError(f"{path}: sources[{i}].model: unknown model {source.model!r} (known: {known})")
+
+
+def _check_folders_apart(config: Config, path: Path) -> None:
+    """ConfigError when two sources watch the same folder, or one watches inside another's recursive tree.
+
+    Each file would be scored twice (two ledgers, two verdicts); compared on fully resolved paths so a
+    symlink or a `..` cannot hide it.
+    """
+    resolved: list[tuple[int, FolderSourceConfig, Path]] = []
+    for i, source in enumerate(config.sources):
+        if isinstance(source, FolderSourceConfig):
+            try:
+                real = source.folder.resolve()
+            except (OSError, RuntimeError):
+                real = source.folder
+            resolved.append((i, source, real))
+    for i, a, pa in resolved:
+        for j, b, pb in resolved:
+            if j <= i:
+                continue
+            if pa == pb:
+                raise ConfigError(f"{path}: sources[{j}].folder: source {b.name!r} watches the same folder as "
+                                  f"{a.name!r} ({pa})")
+            for (k, outer, po), (_, inner, pi) in (((i, a, pa), (j, b, pb)), ((j, b, pb), (i, a, pa))):
+                if outer.recursive and pi.is_relative_to(po):
+                    key = max(i, j)
+                    raise ConfigError(f"{path}: sources[{key}].folder: source {inner.name!r} watches {pi}, inside "
+                                      f"the folder {po} that {outer.name!r} watches recursively (sources[{k}])")
+
+
+def check_inputs(config: Config, path: str | Path) -> None:
+    """ConfigError for what `run` would refuse before scoring: a model bundle that is missing or whose
+    sidecar is not valid, a video file that does not exist. Reads sidecars only, never TensorFlow."""
+    from monitor.model.bundle import BundleError, read_sidecar
+
+    for name, folder in config.models.items():
+        key = "model" if list(config.models) == [DEFAULT_MODEL] and folder == config.model else f"models.{name}"
+        try:
+            read_sidecar(folder)
+        except BundleError as exc:
+            raise ConfigError(f"{path}: {key}: {exc}") from None
+    for i, source in enumerate(config.sources):
+        if isinstance(source, CameraSourceConfig) and camera_kind(source.camera) == "file":
+            video = Path(str(source.camera))
+            if not video.is_file():
+                why = "not a file" if video.exists() else "no such file"
+                raise ConfigError(f"{path}: sources[{i}].camera: video file {video}: {why}")
 
 
 def _resolve_alert_paths(config: Config, base: Path, path: Path) -> None:

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import platform
 import signal
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from monitor import metrics, systemd
+from monitor import __version__, metrics, systemd
 from monitor.batching import FrameQueue
-from monitor.config import Config
+from monitor.config import Config, ConfigError, check_inputs, load_config
 from monitor.evidence import EvidenceStore, render_evidence
 from monitor.files import NotRegularFile, remove_orphan_temps
 from monitor.journal import Journal
-from monitor.model.bundle import Bundle
-from monitor.model.scorer import BatchScorer, ScoredBatch
+from monitor.model.bundle import Bundle, BundleError
+from monitor.model.scorer import ScoredBatch
+from monitor.modelset import LoadedModel, load_models
 from monitor.outputs import OutputGuard, OutputStopped
 from monitor.records import Frame, SourceEvent, Verdict
 from monitor.sources.quarantine import Quarantine
 from monitor.sources.supervisor import SourceContext, SourceSupervisor
 from monitor.threads import StoppableThread
-from monitor.threshold import Threshold
+from monitor.threshold import SavedWindow, Threshold, ThresholdState
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +70,134 @@ def ok_status(config: Config) -> str:
     return f"scoring {len(config.sources)} sources"
 
 
-def build_thresholds(config: Config, bundle: Bundle) -> dict[str, Threshold]:
-    """One threshold per source: fixed, or the rolling quantile warm-started from calibration scores."""
+def check_thresholds(config: Config, models: Mapping[str, LoadedModel]) -> None:
+    """StartupError when a rolling threshold has no calibration scores to start from."""
+    if config.threshold.fixed is not None:
+        return
+    for name in sorted({s.model for s in config.sources}):
+        bundle = models[name].bundle
+        if len(bundle.calibration_scores) == 0:
+            raise StartupError(f"{bundle.path}: the bundle has no calibration scores; set threshold.fixed")
+
+
+def new_threshold(config: Config, bundle: Bundle) -> Threshold:
+    """A source's threshold: fixed, or the rolling quantile warm-started from the bundle's calibration scores."""
     t = config.threshold
     quantile = t.quantile if t.quantile is not None else bundle.threshold_quantile
     margin = t.margin if t.margin is not None else bundle.threshold_margin
-    calibration = bundle.calibration_scores
-    if t.fixed is None and len(calibration) == 0:
-        raise StartupError(f"{bundle.path}: the bundle has no calibration scores; set threshold.fixed")
-    return {
-        s.name: Threshold(fixed=t.fixed, quantile=quantile, window=t.window, margin=margin,
-                          calibration=calibration, learn_from_anomalies=t.learn_from_anomalies)
-        for s in config.sources
-    }
+    return Threshold(fixed=t.fixed, quantile=quantile, window=t.window, margin=margin,
+                     calibration=bundle.calibration_scores, learn_from_anomalies=t.learn_from_anomalies)
+
+
+def build_thresholds(config: Config, models: Mapping[str, LoadedModel], saved: Mapping[str, SavedWindow] = (),
+                     running: Pipeline | None = None) -> dict[str, Threshold]:
+    """One threshold per source.
+
+    A source whose model identity is unchanged keeps its running threshold (the same object while the
+    threshold settings are unchanged, else a new one holding the old window), or at start the window saved
+    in the state folder. A source whose model changed starts again from the new bundle's calibration.
+    """
+    check_thresholds(config, models)
+    saved = dict(saved)
+    thresholds: dict[str, Threshold] = {}
+    for s in config.sources:
+        model = models[s.model]
+        old = running.thresholds.get(s.name) if running is not None else None
+        old_model = running.model_of(s.name) if running is not None else None
+        same_model = old_model is not None and old_model.identity == model.identity
+        if old is not None and same_model and running.config.threshold == config.threshold:
+            thresholds[s.name] = old
+            continue
+        threshold = new_threshold(config, model.bundle)
+        if old is not None and same_model:
+            threshold.restore(old.window_values())
+        elif old is not None:
+            log.info("threshold_restarted source=%s model=%s model_id=%s reason=model_changed", s.name, model.name,
+                     model.identity)
+        elif s.name in saved and saved[s.name].model_id == model.identity and threshold.restore(
+                saved[s.name].values):
+            log.info("threshold_restored source=%s model_id=%s values=%d", s.name, model.identity,
+                     len(threshold.window_values()))
+        thresholds[s.name] = threshold
+    return thresholds
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What the scorer thread reads once per batch, under the batch lock; a reload swaps the whole of it.
+
+    `since`: monotonic time each source's current instance was added. A frame queued before it came from an
+    instance that a reload removed or replaced, and is dropped unscored and unacknowledged: a folder's file
+    is then found again by the replacing source's backlog scan, or at the next start (its ledger lacks it).
+    """
+
+    config: Config
+    models: dict[str, LoadedModel]
+    thresholds: dict[str, Threshold]
+    since: dict[str, float]
+    alerts: Any = None  # AlertDispatcher | None
+
+    def model_of(self, source: str) -> LoadedModel | None:
+        """The model that scores `source`, or None for a source this pipeline does not have."""
+        cfg = self.config.source(source)
+        return self.models[cfg.model] if cfg is not None else None
+
+    def accepts(self, frame: Frame) -> bool:
+        """False for a frame of a removed source, or of an instance a reload replaced."""
+        since = self.since.get(frame.source)
+        return since is not None and frame.enqueued >= since
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What `Daemon.reload()` did: `ok`, and one line saying what changed or why nothing did."""
+
+    ok: bool
+    message: str
+
+
+@dataclass
+class SourceStats:
+    """Counts for one source's `source_summary` line, since the last one."""
+
+    scored: int = 0
+    anomalies: int = 0
+    threshold: float = float("nan")
+
+
+RESTART_ONLY_KEYS = ("output", "metrics", "batching")
+
+
+def apply_log_level(level: str) -> None:
+    """Set the root logger's level (a reload's `logging.level`)."""
+    logging.getLogger().setLevel(getattr(logging, level))
+
+
+def build_info() -> dict[str, str]:
+    """Versions for anomaly_monitor_build_info (TensorFlow's only when it is already imported)."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    return {"version": __version__, "python": platform.python_version(),
+            "tensorflow": getattr(tf, "__version__", "unknown") if tf is not None else "not_loaded"}
 
 
 class Daemon:
-    """The running monitor. `start()`, then `stop()` from any thread; `wait()` until drained."""
+    """The running monitor. `start()`, then `stop()` from any thread; `wait()` until drained.
 
-    def __init__(self, config: Config, bundle: Bundle) -> None:
+    `reload()` (SIGHUP, on the main thread) re-reads the config file and swaps the pipeline between batches.
+    """
+
+    def __init__(self, config: Config, bundle: Bundle | None = None, config_path: Path | None = None) -> None:
         self.config = config
-        self.bundle = bundle
-        self.thresholds = build_thresholds(config, bundle)
+        self.config_path = config_path
         out = config.output
+        # Every model loaded and warmed before anything else starts (`bundle`, when given, serves its folder).
+        models = load_models(config.models, config.batching.max_batch, preloaded=bundle)
+        self.threshold_state = ThresholdState(out.state)
+        thresholds = build_thresholds(config, models, self.threshold_state.load())
+        self.pipeline = Pipeline(config=config, models=models, thresholds=thresholds,
+                                 since={s.name: 0.0 for s in config.sources})
         self.queue = FrameQueue(config.batching.queue_size,
                                 on_camera_drop=lambda s: metrics.FRAMES_DROPPED.labels(s).inc())
         # One outcome for every refused write (disk full, I/O error): see monitor.outputs.
@@ -97,46 +206,74 @@ class Daemon:
         remove_output_temps(config)
         self.evidence = EvidenceStore(out.evidence, out.evidence_max_files, out.evidence_max_bytes)
         self.quarantine = Quarantine(out.quarantine, self.outputs)
-        self.scorer = BatchScorer(bundle, config.batching.max_batch)
-        context = SourceContext(queue=self.queue, quarantine=self.quarantine, state=out.state,
-                                journal=out.journal, on_event=self.on_event)
-        self.sources = SourceSupervisor.from_config(config, context)
-        self.alerts: Any = None
+        self.context = SourceContext(queue=self.queue, quarantine=self.quarantine, state=out.state,
+                                     journal=out.journal, on_event=self.on_event)
+        self.sources = SourceSupervisor.from_config(config, self.context)
         self._stop = threading.Event()
         self._scorer_alive = time.monotonic()
         self._scorer = StoppableThread("scorer", self._score_loop)
+        # Held by the scorer while it processes a batch: a reload swaps the pipeline only between batches.
+        self._batch_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._stats: dict[str, SourceStats] = {}
+        self._last_summary = time.monotonic()
         self.metrics_port: int | None = None
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle of the model called `default`, else of the first model (the one-model case)."""
+        models = self.pipeline.models
+        return (models.get("default") or next(iter(models.values()))).bundle
+
+    @property
+    def thresholds(self) -> dict[str, Threshold]:
+        return self.pipeline.thresholds
+
+    @property
+    def alerts(self) -> Any:
+        return self.pipeline.alerts
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Start metrics, alerts, the scorer, then the sources (backlog scans happen here)."""
         cfg = self.config
         metrics.START_TIME.set(time.time())
+        metrics.BUILD_INFO.labels(**build_info()).set(1)
+        metrics.CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
+        metrics.CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.set(time.time())
+        device = next(iter(self.pipeline.models.values())).scorer.device
         metrics.MODEL_INFO.info({
             "bundle": self.bundle.path.name,
             "input": f"{self.bundle.height}x{self.bundle.width}x{self.bundle.channels}",
             "score": self.bundle.score_label,
-            "device": self.scorer.device,
+            "device": device,
         })
         metrics.QUEUE_DEPTH.set_function(lambda: len(self.queue))
-        for name, threshold in self.thresholds.items():
-            metrics.THRESHOLD.labels(name).set(threshold.value)
+        self._publish_pipeline_metrics(self.pipeline)
         if cfg.metrics.enabled:
             self.metrics_port = metrics.serve(cfg.metrics.host, cfg.metrics.port)
             log.info("metrics_serving host=%s port=%d", cfg.metrics.host, self.metrics_port)
-        if cfg.alerts.sinks:
-            from monitor.alerts.dispatcher import AlertDispatcher
-
-            self.alerts = AlertDispatcher(cfg.alerts, cfg.output.state / "outbox")
-            self.alerts.start()
-        # Trace the compiled forward pass now, so the first real image is not the one that waits for it.
-        b = self.bundle
-        self.scorer.score_inputs(np.zeros((1, b.height, b.width, b.channels), np.float32))
+        alerts = self._build_alerts(cfg)
+        if alerts is not None:
+            alerts.start()
+            self.pipeline = dataclasses.replace(self.pipeline, alerts=alerts)
         self._scorer.start()
         self.sources.start()
-        self.on_event(SourceEvent("daemon", "daemon_start", time.time(), self.bundle.describe()))
-        log.info("daemon_started sources=%d folders=%d cameras=%d", len(self.sources), len(cfg.folder_sources),
-                 len(cfg.camera_sources))
+        detail = " ".join(f"model={m.name} model_id={m.identity} {m.bundle.describe()}"
+                          for m in self.pipeline.models.values())
+        self.on_event(SourceEvent("daemon", "daemon_start", time.time(), detail))
+        log.info("daemon_started sources=%d folders=%d cameras=%d models=%d", len(self.sources),
+                 len(cfg.folder_sources), len(cfg.camera_sources), len(self.pipeline.models))
+
+    @staticmethod
+    def _build_alerts(config: Config) -> Any:
+        """The alert dispatcher of `config` (not started), or None without sinks."""
+        if not config.alerts.sinks:
+            return None
+        from monitor.alerts.dispatcher import AlertDispatcher
+
+        return AlertDispatcher(config.alerts, config.output.state / "outbox")
 
     def stop(self) -> None:
         """Stop accepting frames; the scorer finishes what is queued. Safe to call from a signal handler."""
@@ -158,6 +295,7 @@ class Daemon:
                 if now - self._scorer_alive < 2 * interval or self.outputs.retrying():
                     systemd.notify("WATCHDOG=1")
                 next_ping = now + interval
+            self._maybe_log_summary(now)
             dead = self.sources.dead()
             if not self._scorer.alive or dead:
                 log.error("thread_died scorer_alive=%s dead_sources=%s", self._scorer.alive, ",".join(dead))
@@ -178,14 +316,205 @@ class Daemon:
         self.sources.join()  # a camera blocked in an open or a read returns within its read timeout
         self._stop.set()
         self._scorer.stop()
-        if not self._scorer.join(JOIN_TIMEOUT_S * 2):
+        scorer_ended = self._scorer.join(JOIN_TIMEOUT_S * 2)
+        if not scorer_ended:
             log.error("scorer_join_timeout queued=%d", len(self.queue))
+        else:
+            self._save_thresholds(force=True)  # the scorer is gone: the windows hold still
         self.on_event(SourceEvent("daemon", "daemon_stop", time.time()))
         if self.alerts is not None:
             self.alerts.stop(JOIN_TIMEOUT_S)
         self.journal.close()
         self.sources.close()
         log.info("daemon_stopped")
+
+    # --- reload ---------------------------------------------------------------------------------
+    def reload(self) -> ReloadResult:
+        """Re-read the config file and apply it without a restart; the old config runs on when it fails.
+
+        Runs on the main thread (SIGHUP, or the HTTP API). Loading and warming changed bundles happens first,
+        beside the running models, while the scorer goes on with them; then, between two batches, the
+        pipeline (models, thresholds, alert dispatcher) is swapped and sources are removed, replaced or added.
+        `output`, `metrics` and `batching` need a restart: a change to them is logged and not applied.
+        """
+        if not self._scorer.started or self._stop.is_set():
+            log.warning("reload_ignored reason=%s", "stopping" if self._stop.is_set() else "not_started_yet")
+            return ReloadResult(False, "the daemon is not running")
+        # One reload at a time, never waited for: SIGHUP arriving during a reload runs its handler on this
+        # same thread, and the HTTP API calls from another.
+        if not self._reload_lock.acquire(blocking=False):
+            log.warning("reload_ignored reason=already_reloading")
+            return ReloadResult(False, "a reload is already running")
+        try:
+            return self._reload_locked()
+        finally:
+            self._reload_lock.release()
+
+    def _reload_locked(self) -> ReloadResult:
+        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        path = self.config_path
+        log.info("reload_started file=%s", path)
+        try:
+            if path is None:
+                raise ConfigError("the daemon was started without a config file: nothing to reload")
+            message = self._reload(path)
+        except (ConfigError, BundleError, StartupError) as exc:
+            error = str(exc).replace("\n", "; ")
+            log.error("reload_failed file=%s error=%s", path, error)
+            metrics.CONFIG_LAST_RELOAD_SUCCESSFUL.set(0)
+            metrics.CONFIG_RELOADS.labels("failure").inc()
+            systemd.notify(f"READY=1\nSTATUS=reload failed, running the previous config: {' '.join(error.split())}")
+            return ReloadResult(False, error)
+        except Exception as exc:  # noqa: BLE001 - a reload never ends the daemon
+            error = f"{type(exc).__name__}: {exc}".replace("\n", "; ")
+            log.exception("reload_failed file=%s error=%s", path, error)
+            metrics.CONFIG_LAST_RELOAD_SUCCESSFUL.set(0)
+            metrics.CONFIG_RELOADS.labels("failure").inc()
+            systemd.notify(f"READY=1\nSTATUS=reload failed: {' '.join(error.split())}")
+            return ReloadResult(False, error)
+        metrics.CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
+        metrics.CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.set(time.time())
+        metrics.CONFIG_RELOADS.labels("success").inc()
+        log.info("reload_done file=%s %s", path, message)
+        systemd.notify(f"READY=1\nSTATUS={ok_status(self.config)}")
+        return ReloadResult(True, message)
+
+    def _reload(self, path: Path) -> str:
+        """Apply the config at `path`; raises before changing anything when it or a bundle cannot be used."""
+        old = self.pipeline
+        new_config = load_config(path)
+        check_inputs(new_config, path)
+        kept = [k for k in RESTART_ONLY_KEYS if getattr(new_config, k) != getattr(old.config, k)]
+        if kept:
+            log.warning("reload_restart_needed keys=%s action=kept_running_values", ",".join(kept))
+            new_config = new_config.model_copy(update={k: getattr(old.config, k) for k in RESTART_ONLY_KEYS})
+        # The heavy part, beside the running models: the scorer goes on with those meanwhile.
+        models = load_models(new_config.models, new_config.batching.max_batch, running=old.models)
+        check_thresholds(new_config, models)
+        old_sources = {s.name: s for s in old.config.sources}
+        new_sources = {s.name: s for s in new_config.sources}
+        removed = [n for n in old_sources if n not in new_sources]
+        added = [n for n in new_sources if n not in old_sources]
+        # A source whose settings changed is replaced; one whose model alone changed is only routed anew.
+        changed = [n for n in new_sources if n in old_sources and
+                   new_sources[n].model_dump(exclude={"model"}) != old_sources[n].model_dump(exclude={"model"})]
+        new_alerts = None
+        if new_config.alerts != old.config.alerts:
+            new_alerts = self._build_alerts(new_config)
+        # Retiring sources stop producing first; what they queued is dropped at the swap.
+        retired = [self.sources.remove(n) for n in removed + changed]
+        if not self._acquire_batch_lock():
+            for source in retired:  # stopping: their frames are scored in the drain, unacknowledged
+                source.close()
+            raise StartupError("the daemon is stopping: reload abandoned")
+        try:
+            now = time.monotonic()
+            since = {n: (old.since.get(n, 0.0) if n not in added + changed else now) for n in new_sources}
+            thresholds = build_thresholds(new_config, models, running=old)
+            alerts = old.alerts
+            if new_config.alerts != old.config.alerts:
+                if old.alerts is not None:
+                    old.alerts.stop(JOIN_TIMEOUT_S)  # what it did not send stays in the outbox for the new one
+                alerts = new_alerts
+                if alerts is not None:
+                    alerts.start()
+            self.pipeline = Pipeline(config=new_config, models=models, thresholds=thresholds, since=since,
+                                     alerts=alerts)
+            self.config = new_config
+            dropped = self.queue.discard(set(removed + changed))
+        finally:
+            self._batch_lock.release()
+        for name, count in dropped.items():
+            metrics.FRAMES_DISCARDED.labels(name).inc(count)
+            log.info("frames_discarded source=%s count=%d reason=source_%s", name, count,
+                     "removed" if name in removed else "replaced")
+        for source in retired:
+            source.close()
+        for name in changed + added:
+            self.sources.add(name, self._build_source(new_sources[name]))
+        apply_log_level(new_config.logging.level)
+        self.outputs.ok_status = ok_status(new_config)
+        self._publish_pipeline_metrics(self.pipeline, old)
+        swapped = sorted(n for n, m in models.items() if n not in old.models or old.models[n] is not m)
+        return (f"sources_added={','.join(added) or 'none'} sources_removed={','.join(removed) or 'none'} "
+                f"sources_replaced={','.join(changed) or 'none'} models_loaded={','.join(swapped) or 'none'} "
+                f"alerts_rebuilt={'yes' if new_config.alerts != old.config.alerts else 'no'}")
+
+    def _acquire_batch_lock(self) -> bool:
+        """Wait for the scorer to finish its batch; False when the daemon is stopped meanwhile.
+
+        The scorer holds the lock across a journal write that a full disk retries: the wait goes on (the
+        watchdog still pinged while the output retries, as the main loop does), and SIGTERM ends it.
+        """
+        interval = systemd.watchdog_interval()
+        while not self._batch_lock.acquire(timeout=0.5):
+            if self._stop.is_set():
+                return False
+            if interval is not None and self.outputs.retrying():
+                systemd.notify("WATCHDOG=1")
+        return True
+
+    def _build_source(self, config: Any) -> Any:
+        """A source built anew: a fresh context reads the journal's tail again, so a folder source's ledger
+        learns of the verdicts its predecessor's last batch wrote."""
+        from monitor.sources.supervisor import build_source
+
+        return build_source(config, dataclasses.replace(self.context))
+
+    def _publish_pipeline_metrics(self, pipeline: Pipeline, old: Pipeline | None = None) -> None:
+        """The per-model and per-source info and threshold series; a removed source's or model's go away."""
+        if old is not None:
+            metrics.MODEL_BUNDLE.clear()
+            metrics.SOURCE_MODEL.clear()
+            for name in set(old.thresholds) - set(pipeline.thresholds):
+                for gauge in (metrics.THRESHOLD, metrics.THRESHOLD_RATIO):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(name)
+        for model in pipeline.models.values():
+            metrics.MODEL_BUNDLE.labels(model.name, model.identity, model.bundle.path.name,
+                                        model.bundle.score_label).set(1)
+        for source in pipeline.config.sources:
+            model = pipeline.models[source.model]
+            metrics.SOURCE_MODEL.labels(source.name, model.name, model.identity).set(1)
+            self._set_threshold_metrics(pipeline, source.name)
+
+    @staticmethod
+    def _set_threshold_metrics(pipeline: Pipeline, source: str) -> None:
+        value = pipeline.thresholds[source].value
+        metrics.THRESHOLD.labels(source).set(value)
+        model = pipeline.model_of(source)
+        if model is not None and model.default_threshold > 0:
+            metrics.THRESHOLD_RATIO.labels(source).set(value / model.default_threshold)
+
+    # --- state: threshold windows and summaries ---------------------------------------------------
+    def _save_thresholds(self, force: bool = False) -> None:
+        """Save each rolling window with its model's identity (at most every few seconds unless `force`)."""
+        pipeline = self.pipeline
+        windows = {}
+        for source, threshold in pipeline.thresholds.items():
+            model = pipeline.model_of(source)
+            if threshold.rolling and model is not None:
+                windows[source] = SavedWindow(model.identity, threshold.window_values())
+        if windows:
+            self.threshold_state.save(windows, force=force)
+
+    def _maybe_log_summary(self, now: float) -> None:
+        """One `source_summary` line per source every `logging.summary_interval_s` (0: never)."""
+        interval = self.config.logging.summary_interval_s
+        if interval <= 0 or now - self._last_summary < interval:
+            return
+        elapsed = now - self._last_summary
+        self._last_summary = now
+        with self._stats_lock:
+            stats, self._stats = self._stats, {}
+        for source in self.config.sources:
+            st = stats.get(source.name, SourceStats())
+            threshold = st.threshold
+            if threshold != threshold:  # nothing scored: the current threshold
+                t = self.pipeline.thresholds.get(source.name)
+                threshold = t.value if t is not None and not t.rolling else float("nan")
+            log.info("source_summary source=%s scored=%d anomalies=%d threshold=%.6g rate_per_s=%.3g", source.name,
+                     st.scored, st.anomalies, threshold, st.scored / elapsed if elapsed > 0 else 0.0)
 
     # --- events and verdicts ----------------------------------------------------------------------
     def on_event(self, event: SourceEvent) -> None:
@@ -198,24 +527,29 @@ class Daemon:
         else:
             self.outputs.succeeded("journal")
         log.info("event kind=%s source=%s detail=%r", event.kind, event.source, event.detail)
-        if self.alerts is not None:
-            self.alerts.notify_event(event)
+        alerts = self.alerts
+        if alerts is not None:
+            alerts.notify_event(event)
 
     def _score_loop(self, stop: threading.Event) -> None:
         # Runs until stopped AND drained: `stop` alone must not drop what the queue still holds.
-        max_batch = self.config.batching.max_batch
-        max_wait = self.config.batching.max_wait_ms / 1000
+        batching = self.config.batching  # a restart-only section: a reload never changes it
+        max_batch = batching.max_batch
+        max_wait = batching.max_wait_ms / 1000
         while True:
             self._scorer_alive = time.monotonic()
             frames = self.queue.collect(max_batch, max_wait)
             try:
-                if not frames:
-                    if self.journal.queued:  # events the disk refused, on an idle line: retry them here
-                        self._write_journal()
-                    if stop.is_set() and self.queue.closed:
-                        return
-                    continue
-                self._process(frames)
+                with self._batch_lock:  # the pipeline is read once, after the collect: a swap lands between
+                    pipeline = self.pipeline
+                    if not frames:
+                        if self.journal.queued:  # events the disk refused, on an idle line: retry them here
+                            self._write_journal()
+                    else:
+                        self._process(pipeline, frames)
+                        self._save_thresholds()
+                if not frames and stop.is_set() and self.queue.closed:
+                    return
             except OutputStopped:
                 # Stopping while the journal refuses writes: what is held and queued is not acknowledged.
                 log.warning("scorer_gave_up_blocked_output held_frames=%d queued=%d", len(frames), len(self.queue))
@@ -224,20 +558,20 @@ class Daemon:
                 metrics.ERRORS.labels("score").inc()
                 log.exception("batch_failed size=%d", len(frames))
 
-    def _score_frames(self, frames: list[Frame]) -> list[tuple[Frame, ScoredBatch, int]]:
+    def _score_frames(self, model: LoadedModel, frames: list[Frame]) -> list[tuple[Frame, ScoredBatch, int]]:
         """Score a batch; if it fails, score one by one so a single bad frame costs only itself."""
         start = time.perf_counter()
         try:
-            scored = self.scorer.score([f.image for f in frames])
-            metrics.INFERENCE_SECONDS.observe(time.perf_counter() - start)
-            metrics.BATCH_SIZE.observe(len(frames))
+            scored = model.scorer.score([f.image for f in frames])
+            metrics.INFERENCE_SECONDS.labels(model.name).observe(time.perf_counter() - start)
+            metrics.BATCH_SIZE.labels(model.name).observe(len(frames))
             return [(f, scored, i) for i, f in enumerate(frames)]
         except Exception:  # noqa: BLE001
-            log.exception("batch_scoring_failed retry=one_by_one size=%d", len(frames))
+            log.exception("batch_scoring_failed retry=one_by_one size=%d model=%s", len(frames), model.name)
         results = []
         for frame in frames:
             try:
-                results.append((frame, self.scorer.score([frame.image]), 0))
+                results.append((frame, model.scorer.score([frame.image]), 0))
             except Exception as exc:  # noqa: BLE001
                 metrics.ERRORS.labels("score").inc()
                 log.error("frame_scoring_failed source=%s path=%s error=%s", frame.source, frame.path, exc)
@@ -248,46 +582,80 @@ class Daemon:
                 self.sources.acknowledge(frame)
         return results
 
-    def _process(self, frames: list[Frame]) -> None:
+    @staticmethod
+    def group_by_model(pipeline: Pipeline, frames: list[Frame]) -> list[tuple[LoadedModel, list[Frame]]]:
+        """Split a collected batch by the model of each frame's source, in order of first appearance.
+
+        One queue serves every model (see monitor.batching): its back-pressure, latest-wins slots and
+        max-wait bound stay in one place, and a reload never has to move frames between queues. Sources that
+        share a model share its calls; a mixed batch makes smaller calls, each padded to the traced shape.
+        """
+        groups: dict[str, tuple[LoadedModel, list[Frame]]] = {}
+        for frame in frames:
+            model = pipeline.model_of(frame.source)
+            groups.setdefault(model.name, (model, []))[1].append(frame)
+        return list(groups.values())
+
+    def _process(self, pipeline: Pipeline, frames: list[Frame]) -> None:
+        accepted = [f for f in frames if pipeline.accepts(f)]
+        for frame in frames:
+            if not pipeline.accepts(frame):  # a removed or replaced source's: never acknowledged
+                metrics.FRAMES_DISCARDED.labels(frame.source).inc()
+                log.info("frame_discarded source=%s path=%s reason=source_reloaded", frame.source, frame.path)
         verdicts: list[tuple[Frame, Verdict]] = []
         prepared: list = []  # alerts written to the outbox, handed to their sinks once the journal is synced
-        # One scorer call for an untiled batch; a tiled bundle's large images a few per call, since a call
-        # holds each image's stitched maps at working resolution until its verdicts and evidence are done.
-        scored_frames = (item for part in self.scorer.call_groups([f.image for f in frames])
-                         for item in self._score_frames(frames[part]))
-        for frame, scored, i in scored_frames:
-            score = float(scored.scores[i])
-            anomaly, threshold = self.thresholds[frame.source].judge(score)
-            evidence = self._write_evidence(frame, scored, i, score, threshold) if anomaly else None
-            verdict = Verdict(source=frame.source, frame_time=frame.frame_time, scored_at=time.time(),
-                              score=score, threshold=threshold, anomaly=anomaly, path=frame.path,
-                              evidence=evidence, file_key=frame.file_key)
-            if anomaly and self.alerts is not None:
-                # On disk before the journal line, released after the journal's fsync (prepare_verdict).
-                prepared.extend(self.alerts.prepare_verdict(verdict))
-            verdicts.append((frame, verdict))
+        alerts = pipeline.alerts
+        for model, group in self.group_by_model(pipeline, accepted):
+            # One scorer call for an untiled batch; a tiled bundle's large images a few per call, since a call
+            # holds each image's stitched maps at working resolution until its verdicts and evidence are done.
+            scored_frames = (item for part in model.scorer.call_groups([f.image for f in group])
+                             for item in self._score_frames(model, group[part]))
+            for frame, scored, i in scored_frames:
+                score = float(scored.scores[i])
+                anomaly, threshold = pipeline.thresholds[frame.source].judge(score)
+                evidence = self._write_evidence(frame, scored, i, score, threshold) if anomaly else None
+                verdict = Verdict(source=frame.source, frame_time=frame.frame_time, scored_at=time.time(),
+                                  score=score, threshold=threshold, anomaly=anomaly, path=frame.path,
+                                  evidence=evidence, file_key=frame.file_key, model=model.name,
+                                  model_id=model.identity)
+                if anomaly and alerts is not None:
+                    # On disk before the journal line, released after the journal's fsync (prepare_verdict).
+                    prepared.extend(alerts.prepare_verdict(verdict))
+                verdicts.append((frame, verdict))
+        if not verdicts:
+            return
         self.journal.enqueue([verdict.to_json() for _, verdict in verdicts])
         # Durable before the ledger says "done" and before any alert. On a full disk this holds the batch and
         # retries (no new frames are collected meanwhile: back-pressure); each line is written exactly once.
         self._write_journal()
-        if self.alerts is not None:
-            self.alerts.release(prepared)
+        if alerts is not None:
+            alerts.release(prepared)
         for frame, verdict in verdicts:
-            source = frame.source
             self.sources.acknowledge(frame)
-            outcome = "anomaly" if verdict.anomaly else "normal"
-            metrics.IMAGES_SCORED.labels(source, outcome).inc()
-            metrics.SCORE.labels(source).observe(verdict.score)
-            metrics.THRESHOLD.labels(source).set(self.thresholds[source].value)
-            # The journal's `time - frame_time`: file arrival or frame capture to verdict.
-            metrics.END_TO_END_SECONDS.labels(source).observe(max(0.0, verdict.scored_at - frame.frame_time))
-            if verdict.anomaly:
-                metrics.ANOMALIES.labels(source).inc()
-                log.warning("anomaly source=%s path=%s score=%.6g threshold=%.6g evidence=%s", source,
-                            frame.path, verdict.score, verdict.threshold, verdict.evidence)
-            else:
-                log.debug("normal source=%s path=%s score=%.6g threshold=%.6g", source, frame.path,
-                          verdict.score, verdict.threshold)
+            self._count(pipeline, frame, verdict)
+
+    def _count(self, pipeline: Pipeline, frame: Frame, verdict: Verdict) -> None:
+        """Metrics, summary counts and the log line of one durable verdict."""
+        source = frame.source
+        outcome = "anomaly" if verdict.anomaly else "normal"
+        metrics.IMAGES_SCORED.labels(source, outcome).inc()
+        metrics.MODEL_IMAGES_SCORED.labels(verdict.model).inc()
+        metrics.SCORE.labels(source).observe(verdict.score)
+        self._set_threshold_metrics(pipeline, source)
+        # The journal's `time - frame_time`: file arrival or frame capture to verdict.
+        metrics.END_TO_END_SECONDS.labels(source).observe(max(0.0, verdict.scored_at - frame.frame_time))
+        with self._stats_lock:
+            st = self._stats.setdefault(source, SourceStats())
+            st.scored += 1
+            st.anomalies += int(verdict.anomaly)
+            st.threshold = pipeline.thresholds[source].value
+        if verdict.anomaly:
+            metrics.ANOMALIES.labels(source).inc()
+            log.warning("anomaly source=%s path=%s score=%.6g threshold=%.6g evidence=%s model=%s", source,
+                        frame.path, verdict.score, verdict.threshold, verdict.evidence, verdict.model)
+        else:
+            log.debug("normal source=%s path=%s score=%.6g threshold=%.6g", source, frame.path,
+                      verdict.score, verdict.threshold)
 
     def _write_journal(self) -> None:
         """Write and fsync what the journal holds, retried while the disk refuses (OutputStopped on stop)."""
@@ -325,11 +693,8 @@ IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def request_reload(daemon: Daemon | None) -> None:
-    """SIGHUP: reload the config and the bundle. The hook for live reload; until it exists, log and go on.
-
-    A later `Daemon.reload()` is called from here (on the main thread, where Python runs signal handlers);
-    until then the running config stays in force and the log says how to apply a new one.
-    """
+    """SIGHUP: reload the config and the bundles (`Daemon.reload()`, on the main thread, where Python runs
+    signal handlers). Before the daemon is built there is nothing to reload: logged, and the start goes on."""
     log.info("reload_requested signal=SIGHUP")
     reload = getattr(daemon, "reload", None)
     if callable(reload):
@@ -339,7 +704,7 @@ def request_reload(daemon: Daemon | None) -> None:
                 "(systemctl restart) to apply a new config or bundle; the daemon keeps running as it is")
 
 
-def run(config: Config, bundle: Bundle) -> int:
+def run(config: Config, bundle: Bundle | None = None, config_path: Path | None = None) -> int:
     """Run the daemon in the foreground until SIGTERM or SIGINT; returns the exit code.
 
     SIGHUP asks for a reload (`request_reload`); SIGUSR1 and SIGUSR2 are logged and ignored. Their handlers
@@ -356,7 +721,7 @@ def run(config: Config, bundle: Bundle) -> int:
     signal.signal(signal.SIGHUP, _on_hup)
     for sig in IGNORED_SIGNALS:
         signal.signal(sig, _on_ignored)
-    daemon = Daemon(config, bundle)
+    daemon = Daemon(config, bundle, config_path=config_path)
 
     def _on_signal(signum: int, _frame: Any) -> None:
         log.info("signal_received signal=%s", signal.Signals(signum).name)

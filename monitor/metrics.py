@@ -45,12 +45,17 @@ SCORE = Histogram(
 THRESHOLD = Gauge(
     _name("threshold"), "Current anomaly threshold of the source.", ["source"], registry=REGISTRY,
 )
+# `model` is a name from the config's `models:` (bounded); `sum by (le)` still reads all models together.
 INFERENCE_SECONDS = Histogram(
-    _name("inference_seconds"), "Model forward pass time of one batch.", buckets=_LATENCY_BUCKETS,
-    registry=REGISTRY,
+    _name("inference_seconds"), "Model forward pass time of one batch, by model.", ["model"],
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(
-    _name("batch_size"), "Images per scored batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    _name("batch_size"), "Images per scored batch, by model.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+MODEL_IMAGES_SCORED = Counter(
+    _name("model_images_scored"), "Images scored, by model (a name of the config's models).", ["model"],
     registry=REGISTRY,
 )
 END_TO_END_SECONDS = Histogram(
@@ -163,4 +168,43 @@ ORPHAN_TEMPS_REMOVED = Counter(
     _name("orphan_temp_files_removed"),
     "Temporary files (.<name>.tmp) left by a crash or a refused write and removed at start, by output folder.",
     ["output"], registry=REGISTRY,
+)
+
+# --- models per source, reload, fleet (issue 12) ------------------------------------------------
+MODEL_BUNDLE = Gauge(
+    _name("model_bundle_info"),
+    "1 for each loaded model: its config name, content identity (short sha256), bundle folder name, score.",
+    ["model", "model_id", "bundle", "score"], registry=REGISTRY,
+)
+SOURCE_MODEL = Gauge(
+    _name("source_model_info"), "1 for each source and the model (name, identity) that scores it.",
+    ["source", "model", "model_id"], registry=REGISTRY,
+)
+THRESHOLD_RATIO = Gauge(
+    _name("threshold_ratio"),
+    "Current threshold of the source / its bundle's calibrated default threshold (drift of the rolling quantile).",
+    ["source"], registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    _name("build_info"), "1, labelled with the versions of the monitor, Python and TensorFlow.",
+    ["version", "python", "tensorflow"], registry=REGISTRY,
+)
+# As Prometheus and Alertmanager name theirs: alert on `..._successful == 0`.
+CONFIG_LAST_RELOAD_SUCCESSFUL = Gauge(
+    _name("config_last_reload_successful"), "1 when the last config reload (or the start) succeeded, else 0.",
+    registry=REGISTRY,
+)
+CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP = Gauge(
+    _name("config_last_reload_success_timestamp_seconds"),
+    "Unix time of the last successful config reload (or of the start).", registry=REGISTRY,
+)
+CONFIG_RELOADS = Counter(
+    _name("config_reloads"), "Config reloads asked for, by outcome (success, failure).", ["outcome"],
+    registry=REGISTRY,
+)
+FRAMES_DISCARDED = Counter(
+    _name("frames_discarded"),
+    "Queued frames dropped unscored because a reload removed or replaced their source (folder files among them "
+    "are scored at the next start or by the replacing source), by source.",
+    ["source"], registry=REGISTRY,
 )

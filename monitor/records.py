@@ -47,6 +47,8 @@ class Verdict:
     path: Path | None = None
     evidence: Path | None = None
     file_key: FileKey | None = None
+    model: str | None = None  # the config's name of the model that scored it
+    model_id: str | None = None  # that bundle's content identity (monitor.model.bundle.bundle_identity)
 
     def to_json(self) -> dict:
         """The journal's line for this verdict (see README, 'Journal')."""
@@ -60,6 +62,9 @@ class Verdict:
             "anomaly": self.anomaly,
             "evidence": str(self.evidence) if self.evidence is not None else None,
         }
+        if self.model is not None:
+            record["model"] = self.model
+            record["model_id"] = self.model_id
         if self.file_key is not None:
             # The scored file version: a restart after a crash re-derives the ledger from these.
             record["file"] = self.file_key._asdict()

@@ -102,7 +102,7 @@ def test_empty_and_missing_files_are_clear_errors(tmp_path):
 
 
 def test_check_config_command_exit_codes(tmp_path):
-    good = write(tmp_path, "sources: [{name: a, folder: x}]\n")
+    good = write(tmp_path, f"model: {REPO / 'models/default'}\nsources: [{{name: a, folder: x}}]\n")
     ok = subprocess.run([sys.executable, "-m", "monitor", "check-config", str(good)], capture_output=True,
                         text=True, cwd=REPO, timeout=120)
     assert ok.returncode == 0, ok.stderr

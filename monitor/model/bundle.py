@@ -9,6 +9,7 @@ daemon's rolling threshold uses, warm-started from the same scores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -378,9 +379,8 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load and check a bundle folder (Keras safe mode on); BundleError says what is wrong."""
-    path = Path(path)
+def _read_checked(path: Path) -> tuple[dict, BundleMeta]:
+    """The sidecar as read and as validated, after checking the folder and the model file are there."""
     if not path.exists():
         raise BundleError(f"{path}: model bundle folder does not exist")
     if not path.is_dir():
@@ -394,6 +394,47 @@ def load_bundle(path: str | Path) -> Bundle:
         # Keras says "File not found" for a file that is there but is no zip archive (truncated, corrupt).
         raise BundleError(f"{model_path}: cannot load the Keras model: not a .keras zip archive "
                           "(truncated or corrupt)")
+    if sidecar.density is not None and not (path / sidecar.density.file).is_file():
+        raise BundleError(f"{path / sidecar.density.file}: cannot load the density parameters: the file is missing")
+    return meta, sidecar
+
+
+def read_sidecar(path: str | Path) -> BundleMeta:
+    """The validated sidecar of a bundle whose files are all there, without loading TensorFlow
+    (`check-config`); BundleError says what is wrong."""
+    return _read_checked(Path(path))[1]
+
+
+IDENTITY_CHARS = 12
+
+
+def bundle_identity(path: str | Path) -> str:
+    """A short identity of a bundle's content: sha256 over its sidecar, model and density files.
+
+    Two folders with the same files have the same identity; retraining into the same folder changes it.
+    Verdicts record it, and a source's saved threshold window is kept only while it is unchanged.
+    """
+    path = Path(path)
+    sidecar = parse_meta(_read_meta(path), path / META_FILE)
+    names = [META_FILE, sidecar.model_file] + ([sidecar.density.file] if sidecar.density is not None else [])
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        try:
+            with open(path / name, "rb") as f:
+                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise BundleError(f"{path / name}: cannot read: {exc}") from None
+        digest.update(b"\0")
+    return digest.hexdigest()[:IDENTITY_CHARS]
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and check a bundle folder (Keras safe mode on); BundleError says what is wrong."""
+    path = Path(path)
+    meta, sidecar = _read_checked(path)
+    model_path = path / sidecar.model_file
     import keras  # late: reading a sidecar must not pay for TensorFlow
 
     try:

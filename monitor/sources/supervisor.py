@@ -63,10 +63,16 @@ def build_source(config: SourceConfig, ctx: SourceContext) -> Source:
 
 
 class SourceSupervisor:
-    """Holds `dict[str, Source]` for the daemon; it never needs to know which kind each one is."""
+    """Holds `dict[str, Source]` for the daemon; it never needs to know which kind each one is.
+
+    A reload changes the table from the main thread (`add`, `remove`, `replace`) while the scorer thread
+    acknowledges frames: each change is one dict operation, and a frame whose source has left the table is
+    simply not acknowledged (a folder file is then found again by its ledger's absence).
+    """
 
     def __init__(self, sources: dict[str, Source]) -> None:
         self.sources = sources
+        self._started = False
 
     @classmethod
     def from_config(cls, config: Config, ctx: SourceContext) -> SourceSupervisor:
@@ -77,8 +83,36 @@ class SourceSupervisor:
 
     def start(self) -> None:
         """Start every source in config order."""
+        self._started = True
         for source in self.sources.values():
             source.start()
+
+    def add(self, name: str, source: Source) -> None:
+        """Add a source (started at once when the others run); ValueError if the name is taken."""
+        if name in self.sources:
+            raise ValueError(f"a source named {name!r} already runs")
+        self.sources[name] = source
+        if self._started:
+            source.start()
+        log.info("source_added source=%s", name)
+
+    def remove(self, name: str) -> Source:
+        """Stop a source, wait for its threads, and take it out of the table; the caller closes it once the
+        scorer no longer acknowledges its frames. KeyError for an unknown name."""
+        source = self.sources[name]
+        source.stop()
+        if not source.join(source.join_timeout_s):
+            log.error("source_join_timeout source=%s timeout_s=%.3g", name, source.join_timeout_s)
+        del self.sources[name]
+        log.info("source_removed source=%s", name)
+        return source
+
+    def replace(self, name: str, build: Callable[[], Source]) -> Source:
+        """Remove, close and rebuild a source (its successor reads what it left on disk); the new one."""
+        self.remove(name).close()
+        source = build()
+        self.add(name, source)
+        return source
 
     def dead(self) -> list[str]:
         """Names of the sources whose thread ended without being finished or stopped."""

@@ -1,0 +1,72 @@
+"""The models the daemon scores with: each config name's bundle, its content identity and its warmed scorer.
+
+A model is loaded and its compiled forward pass traced before any frame reaches it, so a reload can build
+the new set beside the running one (the scorer thread goes on with the old set meanwhile) and swap it in
+between two batches; the first real batch after the swap does not wait for a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monitor.model.bundle import Bundle, bundle_identity, load_bundle
+from monitor.model.scorer import BatchScorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One named model ready to score: what verdicts and metrics name it by, and what scores with it."""
+
+    name: str  # the key of the config's `models:` (`default` for `model:`)
+    path: Path
+    identity: str  # bundle_identity: changes when any of the bundle's files changes
+    bundle: Bundle
+    scorer: BatchScorer
+    default_threshold: float  # the bundle's calibrated threshold: the reference of threshold_ratio
+
+
+def warm(scorer: BatchScorer, bundle: Bundle) -> None:
+    """Trace the compiled forward pass once, so the first real image is not the one that waits for it."""
+    scorer.score_inputs(np.zeros((1, bundle.height, bundle.width, bundle.channels), np.float32))
+
+
+def load_model(name: str, path: Path, max_batch: int, bundle: Bundle | None = None) -> LoadedModel:
+    """Load (unless `bundle` is given), identify and warm one model; BundleError says why it cannot be used.
+
+    The identity is read before the bundle: a file replaced in between gives an identity that differs from
+    the next reload's, which then loads it again (never the reverse: old content under a new identity).
+    """
+    identity = bundle_identity(path)
+    bundle = bundle if bundle is not None else load_bundle(path)
+    scorer = BatchScorer(bundle, max_batch)
+    warm(scorer, bundle)
+    log.info("model_ready model=%s model_id=%s bundle=%s device=%s", name, identity, path, scorer.device)
+    return LoadedModel(name=name, path=Path(path), identity=identity, bundle=bundle, scorer=scorer,
+                       default_threshold=float(bundle.default_threshold))
+
+
+def load_models(paths: Mapping[str, Path], max_batch: int, running: Mapping[str, LoadedModel] | None = None,
+                preloaded: Bundle | None = None) -> dict[str, LoadedModel]:
+    """Every model of `paths`; one of `running` with the same name, folder, identity and batch size is reused,
+    and `preloaded` serves the models whose folder it was loaded from.
+
+    BundleError (from the first model that cannot be used) leaves `running` untouched.
+    """
+    running = running or {}
+    models: dict[str, LoadedModel] = {}
+    for name, path in paths.items():
+        old = running.get(name)
+        if (old is not None and old.path == Path(path) and old.scorer.max_batch == max_batch
+                and old.identity == bundle_identity(path)):
+            models[name] = old
+            continue
+        given = preloaded if preloaded is not None and Path(preloaded.path) == Path(path) else None
+        models[name] = load_model(name, Path(path), max_batch, bundle=given)
+    return models

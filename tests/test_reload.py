@@ -1,0 +1,190 @@
+"""Reload (SIGHUP): the config and the bundles re-read and applied without a restart, nothing lost or doubled."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from daemon_proc import DaemonProcess, free_port, wait_until
+from reload_util import Streamer, bundle_variant, drop_one, metric, rewrite_config, scrape
+
+pytestmark = pytest.mark.slow
+
+
+def base_config(bundle: Path, metrics_port: int | None = None, **extra) -> dict:
+    config = {
+        "model": str(bundle),
+        "sources": [{"name": "line1", "folder": "inbox", "settle_ms": 20, "stable_s": 0.5}],
+        "batching": {"max_batch": 8, "max_wait_ms": 20},
+        "metrics": ({"host": "127.0.0.1", "port": metrics_port} if metrics_port else {"enabled": False}),
+        "logging": {"level": "INFO"},
+    }
+    config.update(extra)
+    return config
+
+
+def reload_and_wait(proc: DaemonProcess, outcome: str = "reload_done", timeout: float = 90) -> None:
+    """SIGHUP, then wait for the `outcome` line that this reload adds to the log."""
+    before = proc.log().count(outcome)
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: proc.log().count(outcome) > before or proc.proc.poll() is not None, timeout)
+    assert proc.proc.poll() is None, proc.log()
+
+
+def names_of(verdicts: list[dict]) -> list[str]:
+    return [Path(v["path"]).name for v in verdicts]
+
+
+def test_sighup_while_files_stream_in_gives_every_file_exactly_one_verdict(tmp_path, tiny_bundle, subprocess_env):
+    config = base_config(tiny_bundle)
+    proc = DaemonProcess(tmp_path, config, subprocess_env).start()
+    try:
+        streamer = Streamer(tmp_path / "inbox", 60, "s", interval=0.03).start()
+        for window in (500, 600, 700):  # a threshold change each time: the pipeline is swapped
+            time.sleep(0.3)
+            rewrite_config(proc.config_path, dict(config, threshold={"window": window}))
+            reload_and_wait(proc)
+        streamer.join()
+        proc.wait_for_verdicts(60, timeout=60)
+        time.sleep(1.0)  # give a wrong second verdict time to show
+        names = names_of(proc.verdicts())
+        assert sorted(names) == sorted(streamer.names)  # every file once: none lost, none twice
+        assert "reload_failed" not in proc.log()
+        assert proc.terminate() == 0
+    finally:
+        proc.kill()
+
+
+def test_a_model_swap_under_load_names_the_model_of_every_verdict(tmp_path, tiny_bundle, subprocess_env):
+    # Model B is model A with twice the margin: a verdict's threshold tells which one judged it.
+    b = bundle_variant(tiny_bundle, tmp_path / "bundle-b", margin=2.0)
+    config = base_config(tiny_bundle)
+    proc = DaemonProcess(tmp_path / "d", config, subprocess_env).start()
+    try:
+        streamer = Streamer(proc.workdir / "inbox", 80, "m", interval=0.03).start()
+        wait_until(lambda: len(proc.verdicts()) >= 10, 60)
+        rewrite_config(proc.config_path, dict(config, model=str(b)))
+        reload_and_wait(proc)
+        streamer.join()
+        verdicts = proc.wait_for_verdicts(80, timeout=60)
+        time.sleep(1.0)
+        verdicts = proc.verdicts()
+        assert sorted(names_of(verdicts)) == sorted(streamer.names)  # none lost, none twice
+        ids = [v["model_id"] for v in verdicts]
+        assert all(v["model"] == "default" for v in verdicts)
+        first, last = ids[0], ids[-1]
+        assert first != last and set(ids) == {first, last}
+        swap = ids.index(last)
+        assert ids[swap:] == [last] * (len(ids) - swap)  # after the swap, only the new model
+        # The swapped source's threshold restarted from B's calibration: twice A's margin.
+        a_thresholds = [v["threshold"] for v in verdicts[:swap]]
+        b_thresholds = [v["threshold"] for v in verdicts[swap:]]
+        assert min(b_thresholds) > 1.5 * max(a_thresholds)
+        assert "threshold_restarted source=line1" in proc.log()
+    finally:
+        proc.kill()
+
+
+def test_a_source_added_and_removed_by_reload(tmp_path, tiny_bundle, subprocess_env):
+    config = base_config(tiny_bundle)
+    proc = DaemonProcess(tmp_path, config, subprocess_env).start()
+    try:
+        second = {"name": "line2", "folder": "inbox2", "settle_ms": 20, "stable_s": 0.5}
+        rewrite_config(proc.config_path, dict(config, sources=config["sources"] + [second]))
+        reload_and_wait(proc)
+        assert "sources_added=line2" in proc.log()
+        drop_one(tmp_path / "inbox2", "added")
+        drop_one(tmp_path / "inbox", "kept")
+        verdicts = proc.wait_for_verdicts(2)
+        assert {(v["source"], Path(v["path"]).name) for v in verdicts} == {
+            ("line2", "added0000.png"), ("line1", "kept0000.png")}
+
+        rewrite_config(proc.config_path, dict(config, sources=[second]))
+        reload_and_wait(proc)
+        assert "sources_removed=line1" in proc.log()
+        drop_one(tmp_path / "inbox", "after_removal")
+        drop_one(tmp_path / "inbox2", "still_watched")
+        wait_until(lambda: any("still_watched" in v["path"] for v in proc.verdicts()), 30)
+        time.sleep(1.0)  # the removed source's file would have been scored by now
+        assert not any("after_removal" in v["path"] for v in proc.verdicts())
+        assert proc.terminate() == 0
+    finally:
+        proc.kill()
+
+
+def test_a_broken_config_or_bundle_keeps_the_old_one_running(tmp_path, tiny_bundle, subprocess_env):
+    broken = bundle_variant(tiny_bundle, tmp_path / "broken", corrupt_model=True)
+    port = free_port()
+    config = base_config(tiny_bundle, metrics_port=port)
+    proc = DaemonProcess(tmp_path / "d", config, subprocess_env).start()
+    inbox = proc.workdir / "inbox"
+    try:
+        assert metric(scrape(port), "anomaly_monitor_config_last_reload_successful") == 1
+        started_at = metric(scrape(port), "anomaly_monitor_config_last_reload_success_timestamp_seconds")
+        model_id = None
+        for n, (text, line) in enumerate((
+                ("sources: [{name: line1, folder: inbox}\n", "error="),  # not YAML
+                ({**config, "model": str(broken)}, "broken/model.keras: cannot load the Keras model"),
+                ({**config, "threshold": {"window": 5}}, "threshold.window"),
+        )):
+            if isinstance(text, str):
+                proc.config_path.write_text(text)
+            else:
+                rewrite_config(proc.config_path, text)
+            reload_and_wait(proc, "reload_failed")
+            failed = [x for x in proc.log().splitlines() if "reload_failed" in x][-1]
+            assert f"file={proc.config_path}" in failed and line in failed, failed
+            assert metric(scrape(port), "anomaly_monitor_config_last_reload_successful") == 0
+            # The old config and model go on scoring.
+            drop_one(inbox, f"after_failure{n}", seed=n)
+            verdicts = proc.wait_for_verdicts(n + 1)
+            assert verdicts[-1]["path"].endswith(f"after_failure{n}0000.png")
+            model_id = model_id or verdicts[-1]["model_id"]
+            assert verdicts[-1]["model_id"] == model_id
+        rewrite_config(proc.config_path, config)
+        reload_and_wait(proc)
+        text = scrape(port)
+        assert metric(text, "anomaly_monitor_config_last_reload_successful") == 1
+        assert metric(text, "anomaly_monitor_config_last_reload_success_timestamp_seconds") > started_at
+        assert metric(text, "anomaly_monitor_config_reloads_total", outcome="failure") == 3
+        assert proc.terminate() == 0
+    finally:
+        proc.kill()
+
+
+def test_reload_speaks_the_notify_protocol_reloading_then_ready(tmp_path, tiny_bundle, subprocess_env):
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.2)
+    env = dict(subprocess_env, NOTIFY_SOCKET=str(sock_path))
+    proc = DaemonProcess(tmp_path / "d", base_config(tiny_bundle), env)
+    messages: list[str] = []
+
+    def drain() -> list[str]:
+        try:
+            while True:
+                messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            return messages
+
+    try:
+        proc.start()
+        wait_until(lambda: any(m.startswith("READY=1") for m in drain()), 30)
+        messages.clear()
+        before_us = time.monotonic_ns() // 1000
+        reload_and_wait(proc)
+        after_us = time.monotonic_ns() // 1000
+        wait_until(lambda: any(m.startswith("READY=1") for m in drain()), 30)
+    finally:
+        proc.kill()
+        sock.close()
+    reloading = [i for i, m in enumerate(messages) if m.startswith("RELOADING=1")]
+    ready = [i for i, m in enumerate(messages) if m.startswith("READY=1")]
+    assert len(reloading) == 1 and len(ready) == 1 and reloading[0] < ready[0], messages
+    fields = dict(line.split("=", 1) for line in messages[reloading[0]].splitlines())
+    assert before_us <= int(fields["MONOTONIC_USEC"]) <= after_us  # CLOCK_MONOTONIC, as systemd reads it
+    assert "STATUS=scoring 1 sources" in messages[ready[0]]
