@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_proc import DaemonProcess, free_port
+from daemon_proc import DaemonProcess, free_port, wait_until
 from reload_util import bundle_variant, drop_one, metric, scrape
 
 from monitor.batching import FrameQueue
@@ -145,6 +146,7 @@ def test_two_sources_with_two_models_in_one_daemon(tmp_path, tiny_bundle, subpro
         "sources": [{"name": "a", "folder": "in_a", "settle_ms": 20},
                     {"name": "b", "folder": "in_b", "settle_ms": 20, "model": "wide"}],
         "metrics": {"host": "127.0.0.1", "port": port},
+        "logging": {"summary_interval_s": 1},
     }
     proc = DaemonProcess(tmp_path / "d", config, subprocess_env).start()
     try:
@@ -165,6 +167,9 @@ def test_two_sources_with_two_models_in_one_daemon(tmp_path, tiny_bundle, subpro
         assert metric(text, "anomaly_monitor_threshold_ratio", source="a") == pytest.approx(1.0, rel=0.5)
         (build,) = [line for line in text.splitlines() if line.startswith("anomaly_monitor_build_info{")]
         assert 'tensorflow="2.' in build and 'version="' in build and build.endswith(" 1.0")
+        # One summary line per source per interval, with what it scored since the last one.
+        wait_until(lambda: re.search(r"source_summary source=b scored=[1-3] anomalies=\d+ threshold=[0-9.e-]+ "
+                                     r"rate_per_s=", proc.log()), 10)
         assert proc.terminate() == 0
     finally:
         proc.kill()
