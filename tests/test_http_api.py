@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import requests
 from imagegen import encode, normal_image
 from netutil import wait_until
 
+from monitor import metrics
 from monitor.config import parse_config
 from monitor.daemon import Daemon
 from monitor.http.control import DaemonController
@@ -142,15 +144,16 @@ def test_a_port_in_use_is_an_error_at_start(served):
 
 # --- status --------------------------------------------------------------------------------------
 
-def test_status_lists_sources_models_thresholds_and_the_queue(served):
+def test_status_lists_sources_models_thresholds_and_the_queue(served, tiny_bundle):
     status = requests.get(f"{served.url}/api/status", timeout=10).json()
+    gauge = metrics.REGISTRY.get_sample_value("anomaly_monitor_threshold", {"source": "line1"})
     assert status["ready"] is True
     assert [(s["name"], s["kind"], s["state"], s["model"]) for s in status["sources"]] == [
         ("line1", "folder", "running", "default"), ("line2", "folder", "running", "default")]
-    assert status["models"]["default"]["bundle"] == served.daemon.bundle.path.name
+    assert status["models"]["default"]["bundle"] == tiny_bundle.name
     assert status["models"]["default"]["input"] == "32x32x1"
     assert set(status["thresholds"]) == {"line1", "line2"}
-    assert status["thresholds"]["line1"]["value"] == pytest.approx(served.daemon.thresholds["line1"].value)
+    assert status["thresholds"]["line1"]["value"] == pytest.approx(gauge)
     assert status["thresholds"]["line1"]["mode"] == "rolling"
     assert status["queue"] == {"depth": 0, "capacity": served.daemon.queue.capacity}
     assert status["cameras"] == []
@@ -254,6 +257,15 @@ def test_reload_answers_the_controllers_result_and_500_with_its_message_on_failu
     response = requests.post(f"{served.url}/-/reload", timeout=10)
     assert response.status_code == 500
     assert "bundle input 64x64 does not match" in response.json()["error"]
+
+    @dataclass(frozen=True)
+    class Result:  # the shape of monitor.daemon.ReloadResult
+        ok: bool
+        message: str
+
+    monkeypatch.setattr(served.daemon, "reload", lambda: Result(False, "models.x: no such folder"), raising=False)
+    response = requests.post(f"{served.url}/-/reload", timeout=10)
+    assert response.status_code == 500 and response.json()["error"] == "models.x: no such folder"
 
 
 def test_reload_without_a_daemon_reload_is_500_not_available(served, monkeypatch):

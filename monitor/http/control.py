@@ -49,21 +49,28 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _describe_bundle(bundle: Any) -> dict[str, Any]:
-    """A bundle as the status shows it: folder name (never the full path), input shape, score."""
-    return {
+def _describe_model(model: Any) -> dict[str, Any]:
+    """A model (a Bundle, or a loaded model holding one as `.bundle`) as the status shows it: the bundle's
+    folder name (never the full path), input shape, score, and the content identity when known."""
+    bundle = getattr(model, "bundle", model)
+    out = {
         "bundle": bundle.path.name,
         "input": f"{bundle.height}x{bundle.width}x{bundle.channels}",
         "score": bundle.score_label,
     }
+    identity = getattr(model, "identity", None)
+    if identity is not None:
+        out["model_id"] = identity
+    return out
 
 
 class DaemonController:
     """`Controller` over a `monitor.daemon.Daemon`, read through its public attributes.
 
-    Optional parts of the Daemon are looked up with getattr, so this works before and after they exist:
-    `reload()` (live reload), `ready` (a bool property or method), `bundles` (model name -> Bundle, one
-    model per source; otherwise the single `bundle` is the model called "default").
+    Parts of the Daemon that live reload changes are looked up with getattr, so this works with either
+    shape: `reload()` (returning a result with `ok` and `message`, or a tuple, or raising), `ready` (a bool
+    property or method), and the swappable `pipeline` (config, models by name, thresholds by source) or,
+    without one, `config`, `thresholds` and the single `bundle` (the model called "default").
     """
 
     def __init__(self, daemon: Daemon) -> None:
@@ -92,31 +99,33 @@ class DaemonController:
         # Sources start after the scorer, each after its backlog scan: ready once every one has started.
         return all(s.thread.started for s in self._sources().values())
 
-    def _bundles(self) -> dict[str, Any]:
-        bundles = getattr(self.daemon, "bundles", None)
-        if isinstance(bundles, dict) and bundles:
-            return dict(bundles)
-        return {"default": self.daemon.bundle}
+    def _current(self) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """(config, models by name, thresholds by source) in force now: one pipeline read, never half of two."""
+        pipeline = getattr(self.daemon, "pipeline", None)
+        if pipeline is not None:
+            return pipeline.config, dict(pipeline.models), dict(pipeline.thresholds)
+        return self.daemon.config, {"default": self.daemon.bundle}, dict(self.daemon.thresholds)
 
     def status(self) -> dict[str, Any]:
         daemon = self.daemon
+        config, models, current_thresholds = self._current()
         sources = self._sources()
         sources_out = []
         cameras = []
         for name, source in sources.items():
-            config = getattr(source, "config", None)
+            source_config = getattr(source, "config", None)
             sources_out.append({
                 "name": name,
                 "kind": source.source_kind,
                 "state": source.state,
                 "pausable": source.pausable,
-                "model": getattr(config, "model", "default"),
+                "model": getattr(source_config, "model", "default"),
             })
             if source.source_kind == "camera":
                 cameras.append(self._camera(source))
         thresholds = {}
-        settings = daemon.config.threshold
-        for name, threshold in list(daemon.thresholds.items()):
+        settings = config.threshold
+        for name, threshold in current_thresholds.items():
             try:
                 value = threshold.value
             except (IndexError, RuntimeError):  # read while the scorer thread updates the window
@@ -129,7 +138,7 @@ class DaemonController:
         return {
             "ready": self.ready(),
             "sources": sources_out,
-            "models": {name: _describe_bundle(b) for name, b in self._bundles().items()},
+            "models": {name: _describe_model(m) for name, m in models.items()},
             "thresholds": thresholds,
             "queue": {"depth": len(daemon.queue), "capacity": daemon.queue.capacity},
             "cameras": cameras,
@@ -166,7 +175,10 @@ class DaemonController:
             except Exception as exc:  # noqa: BLE001 - the API answers with the reason; the daemon goes on
                 log.exception("reload_failed via=http")
                 return False, f"{type(exc).__name__}: {exc}"
-        # The daemon's reload may answer (ok, message), a bool, or nothing (it raises when it fails).
+        # The daemon's reload may answer a result with `ok` and `message`, (ok, message), a bool, or nothing
+        # (it raises when it fails).
+        if hasattr(result, "ok") and hasattr(result, "message"):
+            return bool(result.ok), str(result.message)
         if isinstance(result, tuple) and len(result) == 2:
             return bool(result[0]), str(result[1])
         if isinstance(result, bool):
