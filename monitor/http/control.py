@@ -80,7 +80,8 @@ class DaemonController:
 
     # --- reading ------------------------------------------------------------------------------------
     def _sources(self) -> dict[str, Source]:
-        return self.daemon.sources.sources
+        # A copy: a reload may add or remove sources while a request iterates them.
+        return dict(self.daemon.sources.sources)
 
     def _source(self, name: str) -> Source:
         source = self._sources().get(name)
