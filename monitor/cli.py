@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.set_defaults(func=_cmd_check_config)
 
+    # `monitor ctl ...` is handed to monitor/http/ctl.py whole in main(): its options cannot pass an argparse
+    # sub-command untouched. Listed here so that `monitor --help` shows it.
+    sub.add_parser("ctl", add_help=False,
+                   help="talk to the running daemon: status, pause NAME, resume NAME, reload (monitor ctl --help)")
+
     p = sub.add_parser("test-alert", help="send one test alert to every configured sink")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -167,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `monitor` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ctl"]:
+        from monitor.http.ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
     quiet_tensorflow()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -131,9 +131,14 @@ class OutputConfig(StrictModel):
 
 
 class MetricsConfig(StrictModel):
+    """The one HTTP server: /metrics, health, the JSON API (monitor/http/)."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
+    # A file holding the bearer token the API's write actions need (else MONITOR_API_TOKEN); off loopback,
+    # writes are refused until one is set.
+    token_file: Path | None = None
 
 
 class LoggingConfig(StrictModel):
@@ -276,6 +281,8 @@ def parse_config(data: Any, path: Path) -> Config:
             raise ConfigError(f"{path}: sources[{i}].camera: contains a NUL byte")
         elif camera_kind(source.camera) == "file":
             source.camera = str(_resolve(base, Path(str(source.camera)), path, f"sources[{i}].camera"))
+    if config.metrics.token_file is not None:
+        config.metrics.token_file = _resolve(base, config.metrics.token_file, path, "metrics.token_file")
     _resolve_alert_paths(config, base, path)
     _check_models_known(config, path)
     _check_folders_apart(config, path)

@@ -19,12 +19,15 @@ from monitor.batching import FrameQueue
 from monitor.config import Config, ConfigError, check_inputs, load_config
 from monitor.evidence import EvidenceStore, render_evidence
 from monitor.files import NotRegularFile, remove_orphan_temps
+from monitor.http.control import DaemonController
+from monitor.http.server import HttpServer, TokenError
 from monitor.journal import Journal
 from monitor.model.bundle import Bundle, BundleError
 from monitor.model.scorer import ScoredBatch
 from monitor.modelset import LoadedModel, load_models
 from monitor.outputs import OutputGuard, OutputStopped
 from monitor.records import Frame, SourceEvent, Verdict
+from monitor.sources.base import NotPausable
 from monitor.sources.quarantine import Quarantine
 from monitor.sources.supervisor import SourceContext, SourceSupervisor
 from monitor.threads import StoppableThread
@@ -219,6 +222,7 @@ class Daemon:
         self._stats: dict[str, SourceStats] = {}
         self._last_summary = time.monotonic()
         self.metrics_port: int | None = None
+        self.http: HttpServer | None = None
 
     @property
     def bundle(self) -> Bundle:
@@ -252,7 +256,12 @@ class Daemon:
         metrics.QUEUE_DEPTH.set_function(lambda: len(self.queue))
         self._publish_pipeline_metrics(self.pipeline)
         if cfg.metrics.enabled:
-            self.metrics_port = metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            self.http = HttpServer(cfg.metrics.host, cfg.metrics.port, DaemonController(self),
+                                   token_file=cfg.metrics.token_file)
+            try:
+                self.metrics_port = self.http.start()  # a busy port: OSError, exit 1 (systemd retries)
+            except TokenError as exc:  # a config error: exit 2
+                raise StartupError(f"metrics.token_file: {exc}") from None
             log.info("metrics_serving host=%s port=%d", cfg.metrics.host, self.metrics_port)
         alerts = self._build_alerts(cfg)
         if alerts is not None:
@@ -326,6 +335,9 @@ class Daemon:
             self.alerts.stop(JOIN_TIMEOUT_S)
         self.journal.close()
         self.sources.close()
+        if self.http is not None:  # last: /metrics and /-/ready (503 now) answer until the end
+            self.http.stop()
+            self.http.join(JOIN_TIMEOUT_S)
         log.info("daemon_stopped")
 
     # --- reload ---------------------------------------------------------------------------------
@@ -401,6 +413,8 @@ class Daemon:
         new_alerts = None
         if new_config.alerts != old.config.alerts:
             new_alerts = self._build_alerts(new_config)
+        # A pause survives a reload (not a restart): a replaced source is paused again once it runs.
+        paused = [n for n in changed if getattr(self.sources.sources.get(n), "paused", False)]
         # Retiring sources stop producing first; what they queued is dropped at the swap.
         retired = [self.sources.remove(n) for n in removed + changed]
         if not self._acquire_batch_lock():
@@ -432,6 +446,11 @@ class Daemon:
             source.close()
         for name in changed + added:
             self.sources.add(name, self._build_source(new_sources[name]))
+        for name in paused:
+            try:
+                self.sources.sources[name].pause()
+            except NotPausable as exc:  # e.g. a source that is no longer pausable after its change
+                log.warning("pause_not_kept source=%s reason=%r", name, str(exc))
         apply_log_level(new_config.logging.level)
         self.outputs.ok_status = ok_status(new_config)
         self._publish_pipeline_metrics(self.pipeline, old)

@@ -13,7 +13,6 @@ from prometheus_client import (
     Histogram,
     Info,
     disable_created_metrics,
-    start_http_server,
 )
 
 # `_created` series double every counter for no dashboard use.
@@ -108,10 +107,11 @@ ALERT_DELIVERY_SECONDS = Histogram(
 )
 
 
-def serve(host: str, port: int) -> int:
-    """Start the /metrics HTTP server in a daemon thread; returns the bound port (port 0 picks one)."""
-    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
-    return server.server_address[1]
+# --- sources: paused by an operator (pause/resume API) ---------------------------------------
+SOURCE_PAUSED = Gauge(
+    _name("source_paused"), "1 while an operator has paused the source (pause/resume API), 0 while it runs.",
+    ["source"], registry=REGISTRY,
+)
 
 # --- alerts: permanent rejections and bad outbox records (issue 11) ------------------------
 ALERTS_REJECTED = Counter(

@@ -16,20 +16,11 @@ import threading
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from prometheus_client import Gauge
-
 from monitor import metrics
 from monitor.records import Frame
 from monitor.threads import StoppableThread
 
 log = logging.getLogger(__name__)
-
-# Defined here, beside the pause it reports, rather than in monitor.metrics (same registry, same prefix).
-SOURCE_PAUSED = Gauge(
-    f"{metrics.PREFIX}_source_paused",
-    "1 while an operator has paused the source (pause/resume API), 0 while it runs.",
-    ["source"], registry=metrics.REGISTRY,
-)
 
 # The values of `Source.state`, as the status API reports them.
 STATES = ("running", "paused", "finished", "dead", "stopped")
@@ -129,7 +120,7 @@ class PausableSource(Source):
         self.name = name
         self._pause_requested = threading.Event()
         # The series exists from the start (0), so a rule can say "down unless paused" from the first scrape.
-        SOURCE_PAUSED.labels(name).set(0)
+        metrics.SOURCE_PAUSED.labels(name).set(0)
 
     @property
     def pausable(self) -> bool:
@@ -149,7 +140,7 @@ class PausableSource(Source):
         if self._pause_requested.is_set():
             return
         self._pause_requested.set()
-        SOURCE_PAUSED.labels(self.name).set(1)
+        metrics.SOURCE_PAUSED.labels(self.name).set(1)
         log.info("source_paused source=%s kind=%s", self.name, self.source_kind)
         self._paused_changed()
 
@@ -159,7 +150,7 @@ class PausableSource(Source):
         if not self._pause_requested.is_set():
             return
         self._pause_requested.clear()
-        SOURCE_PAUSED.labels(self.name).set(0)
+        metrics.SOURCE_PAUSED.labels(self.name).set(0)
         log.info("source_resumed source=%s kind=%s", self.name, self.source_kind)
         self._paused_changed()
 
