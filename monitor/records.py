@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +35,11 @@ class Frame:
         return self.path is not None
 
 
+def new_verdict_id() -> str:
+    """A fresh verdict id: 32 hex digits (a random UUID)."""
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The judgement of one frame: its score against the threshold of its source."""
@@ -49,10 +55,14 @@ class Verdict:
     file_key: FileKey | None = None
     model: str | None = None  # the config's name of the model that scored it
     model_id: str | None = None  # that bundle's content identity (monitor.model.bundle.bundle_identity)
+    # What a label, an alert's link and the review page name this verdict by: random, so two daemons, a
+    # restart or a replayed journal never reuse one.
+    id: str = field(default_factory=new_verdict_id)
 
     def to_json(self) -> dict:
         """The journal's line for this verdict (see README, 'Journal')."""
         record = {
+            "id": self.id,
             "time": self.scored_at,
             "frame_time": self.frame_time,
             "source": self.source,
