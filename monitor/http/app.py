@@ -1,6 +1,8 @@
-"""The Starlette app: Prometheus exposition, health endpoints as Prometheus has them, the JSON API.
+"""The Starlette app: Prometheus exposition, health endpoints as Prometheus has them, the JSON API, and the
+review page with its API (`review`: anomalies, verdicts, evidence, labels).
 
-Reads (GET) are open. Writes (POST) need `Authorization: Bearer <token>` whenever a token is set, and a
+Reads (GET) are open (the review's reads take the token too when the server is built with
+`read_token_required`). Writes (POST) need `Authorization: Bearer <token>` whenever a token is set, and a
 token must be set for them to work at all when the server listens beyond loopback. Every handler that calls
 the controller is a plain function: Starlette runs it in its thread pool, so a slow reload never holds up a
 scrape of /metrics.
@@ -22,6 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from monitor import metrics
 from monitor.http.control import Controller, NotPausable
+from monitor.http.journal_index import JournalIndex
+from monitor.http.review import Access, Review
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,10 @@ class _Metrics:
         await self._app(scope, receive, send)
 
 
-def build_app(controller: Controller, policy: WritePolicy) -> Starlette:
-    """The app of the one HTTP server, over `controller`."""
+def build_app(controller: Controller, policy: WritePolicy, read_token_required: bool = False,
+              index: JournalIndex | None = None) -> Starlette:
+    """The app of the one HTTP server, over `controller`; `index` is the review's journal index (one over the
+    controller's journal when None)."""
 
     def healthy(_request: Request) -> Response:
         return PlainTextResponse("Healthy.\n")
@@ -114,4 +120,6 @@ def build_app(controller: Controller, policy: WritePolicy) -> Starlette:
         Route("/api/sources/{name}/pause", source_action("pause", controller.pause), methods=["POST"]),
         Route("/api/sources/{name}/resume", source_action("resume", controller.resume), methods=["POST"]),
     ]
+    access = Access(token=policy.token, beyond_loopback=policy.required, read_token_required=read_token_required)
+    routes.extend(Review(controller, access, index).routes())
     return Starlette(routes=routes)

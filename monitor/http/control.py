@@ -1,7 +1,8 @@
 """What the HTTP server may ask of the daemon, and the adapter that asks today's Daemon.
 
-The server sees only `Controller`: readiness, a status snapshot, pause/resume of a source by name, reload.
-A request names sources by their config name and nothing else: no path ever comes from a request.
+The server sees only `Controller`: readiness, a status snapshot, pause/resume of a source by name, reload,
+and for the review page the journal's and evidence folder's paths and a durable journal append (labels).
+A request names sources by their config name and verdicts by id, nothing else: no path ever comes from a request.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.sources.base import NotPausable, Source
@@ -38,6 +40,16 @@ class Controller(Protocol):
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the config and the bundles; (succeeded, message)."""
+
+    def journal_path(self) -> Path:
+        """The journal file (`output.journal`); its rotated files lie beside it."""
+
+    def evidence_folder(self) -> Path:
+        """The evidence folder (`output.evidence`): the only folder the server serves images from."""
+
+    def append_journal(self, record: dict[str, Any]) -> None:
+        """Append `record` to the daemon's journal and fsync it. OSError when the disk refuses: the record
+        then stays queued and is written with the daemon's next journal write (never twice)."""
 
 
 def _finite(value: Any) -> float | None:
@@ -131,8 +143,12 @@ class DaemonController:
                 value = threshold.value
             except (IndexError, RuntimeError):  # read while the scorer thread updates the window
                 value = None
+            model_of = getattr(getattr(daemon, "pipeline", None), "model_of", None)
+            model = model_of(name) if callable(model_of) else None
             thresholds[name] = {
                 "value": _finite(value),
+                # The bundle's calibrated threshold: how far the rolling one has drifted from it.
+                "calibrated": _finite(getattr(model, "default_threshold", None)),
                 "mode": "fixed" if getattr(threshold, "fixed", None) is not None else "rolling",
                 "window": settings.window,
             }
@@ -159,7 +175,20 @@ class DaemonController:
             "seconds_since_last_frame": _finite(source.seconds_since_last_frame()),
         }
 
+    def journal_path(self) -> Path:
+        return Path(self.daemon.config.output.journal)
+
+    def evidence_folder(self) -> Path:
+        return Path(self.daemon.config.output.evidence)
+
     # --- acting -------------------------------------------------------------------------------------
+    def append_journal(self, record: dict[str, Any]) -> None:
+        journal = self.daemon.journal
+        # The journal's own lock orders this line with the scorer's batches; sync makes it durable before the
+        # API answers. A refused append leaves the line queued: the scorer's next sync writes it, once.
+        journal.append(record)
+        journal.sync()
+
     def pause(self, name: str) -> None:
         self._source(name).pause()
 

@@ -73,8 +73,10 @@ def _bind(host: str, port: int) -> socket.socket:
 class HttpServer:
     """The daemon's HTTP server. `start()` returns the bound port; `stop()` then `join(timeout)`."""
 
-    def __init__(self, host: str, port: int, controller: Controller, token_file: str | Path | None = None) -> None:
+    def __init__(self, host: str, port: int, controller: Controller, token_file: str | Path | None = None,
+                 read_token_required: bool = False) -> None:
         self.host = host
+        self.read_token_required = read_token_required  # the review page and its API need the token to read
         self.port = port
         self.controller = controller
         self.token_file = token_file
@@ -101,7 +103,7 @@ class HttpServer:
             log.warning("http_writes_disabled host=%s reason=no_token hint=%r", self.host,
                         f"set {TOKEN_ENV} or the token file to allow pause, resume and reload")
         config = uvicorn.Config(
-            build_app(self.controller, policy),
+            build_app(self.controller, policy, read_token_required=self.read_token_required),
             log_config=None,  # the daemon's logging as it is configured; uvicorn must not reconfigure it
             access_log=False,  # a scrape every few seconds is not an event worth a log line
             lifespan="off", loop="asyncio", http="h11", ws="none", interface="asgi3",
