@@ -47,6 +47,15 @@ class FolderSourceConfig(StrictModel):
     # Bytes of the decoded array (width x height x channels x bytes per sample, read from the header): a small
     # compressed file can claim gigabytes. Larger images are quarantined as too_large without being decoded.
     max_decoded_bytes: int = Field(default=MAX_DECODED_BYTES, gt=0)
+    # True: the source starts paused (nothing read, the backlog waits) until `POST /api/sources/NAME/resume`.
+    paused: bool = False
+    # What happens to a file once its verdict is durable in the journal (monitor/sources/sorting.py).
+    after_scoring: Literal["keep", "move", "delete"] = "keep"
+    # `move`: <sorted_folder>/ok|ng/YYYY-MM-DD/<path in the watched folder>; None: <output.state>/../sorted/<name>.
+    sorted_folder: Path | None = None
+    # Retention of the sorted folder, checked once a minute: the oldest files (by mtime) go beyond either limit.
+    sorted_max_age_days: float | None = Field(default=30.0, gt=0)
+    sorted_max_bytes: int | None = Field(default=10 * 2**30, gt=0)
 
     @field_validator("extensions")
     @classmethod
@@ -68,6 +77,7 @@ class CameraSourceConfig(StrictModel):
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     lost_after_s: float = Field(default=30.0, ge=0)  # grace period before "camera lost"
+    paused: bool = False  # True: the camera starts paused (not opened) until resumed through the API
 
     @field_validator("roi")
     @classmethod
@@ -277,6 +287,8 @@ def parse_config(data: Any, path: Path) -> Config:
     for i, source in enumerate(config.sources):
         if isinstance(source, FolderSourceConfig):
             source.folder = _resolve(base, source.folder, path, f"sources[{i}].folder")
+            if source.sorted_folder is not None:
+                source.sorted_folder = _resolve(base, source.sorted_folder, path, f"sources[{i}].sorted_folder")
         elif isinstance(source.camera, str) and "\0" in source.camera:
             raise ConfigError(f"{path}: sources[{i}].camera: contains a NUL byte")
         elif camera_kind(source.camera) == "file":
@@ -286,7 +298,41 @@ def parse_config(data: Any, path: Path) -> Config:
     _resolve_alert_paths(config, base, path)
     _check_models_known(config, path)
     _check_folders_apart(config, path)
+    _check_sorted_folders(config, path)
     return config
+
+
+def sorted_folder_of(source: FolderSourceConfig, state: Path) -> Path:
+    """Where `after_scoring: move` sorts the files of `source`: its `sorted_folder`, else
+    `<output.state>/../sorted/<name>` (beside the state folder, out of every watched folder by default)."""
+    return source.sorted_folder if source.sorted_folder is not None else state.parent / "sorted" / source.name
+
+
+def _real(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
+
+
+def _check_sorted_folders(config: Config, path: Path) -> None:
+    """ConfigError naming `sources[i].sorted_folder` when a `move` source's sorted folder overlaps a watched
+    folder (its files would be scored again, or retention would delete unscored ones), an output folder
+    (retention would delete evidence or state), or another source's sorted folder (each retention would count
+    and delete the other's files)."""
+    others: list[tuple[str, Path]] = [(f"the folder source {s.name!r} watches", _real(s.folder))
+                                      for s in config.folder_sources]
+    others += [(f"output.{key}", _real(getattr(config.output, key))) for key in ("evidence", "quarantine", "state")]
+    seen: list[tuple[str, Path]] = []
+    for i, source in enumerate(config.sources):
+        if not isinstance(source, FolderSourceConfig) or source.after_scoring != "move":
+            continue
+        mine = _real(sorted_folder_of(source, config.output.state))
+        for what, other in others + seen:
+            if mine.is_relative_to(other) or other.is_relative_to(mine):
+                raise ConfigError(f"{path}: sources[{i}].sorted_folder: {mine} overlaps {other} ({what}): "
+                                  "the sorted folder must be outside every watched, output and sorted folder")
+        seen.append((f"the sorted folder of {source.name!r}", mine))
 
 
 DEFAULT_MODEL = "default"

@@ -650,7 +650,7 @@ class Daemon:
         if alerts is not None:
             alerts.release(prepared)
         for frame, verdict in verdicts:
-            self.sources.acknowledge(frame)
+            self.sources.acknowledge(frame, anomaly=verdict.anomaly)
             self._count(pipeline, frame, verdict)
 
     def _count(self, pipeline: Pipeline, frame: Frame, verdict: Verdict) -> None:

@@ -208,3 +208,26 @@ FRAMES_DISCARDED = Counter(
     "are scored at the next start or by the replacing source), by source.",
     ["source"], registry=REGISTRY,
 )
+
+# --- folder sources: after scoring (keep, move into sorted ok/ng, delete) -----------------------------
+FILES_AFTER_SCORING = Counter(
+    _name("files_after_scoring"),
+    "Scored files that left the watched folder by after_scoring, by source and action (ok, ng: moved into the "
+    "sorted folder by verdict; deleted).",
+    ["source", "action"], registry=REGISTRY,
+)
+FILES_AFTER_SCORING_FAILED = Counter(
+    _name("files_after_scoring_failed"),
+    "Moves or deletions after scoring the OS refused, by source and errno name; the file stays in place and is "
+    "tried again once a minute and at the next start.",
+    ["source", "errno"], registry=REGISTRY,
+)
+SORTED_FILES_REMOVED = Counter(
+    _name("sorted_files_removed"),
+    "Files removed from a source's sorted folder by retention, by reason (age, bytes).",
+    ["source", "reason"], registry=REGISTRY,
+)
+SORTED_BYTES = Gauge(
+    _name("sorted_bytes"), "Bytes in the source's sorted folder after its last retention check.", ["source"],
+    registry=REGISTRY,
+)

@@ -38,7 +38,7 @@ class _Scripted(Source):
     def finished(self) -> bool:
         return self._finished
 
-    def acknowledge(self, frame: Frame) -> None:
+    def acknowledge(self, frame: Frame, anomaly: bool | None = None) -> None:
         self.acknowledged.append(frame)
 
 

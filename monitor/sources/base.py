@@ -6,7 +6,8 @@ A source whose thread ends is either `finished` (a video file played to its end:
 a fault: the daemon exits 1 so the service manager restarts it).
 
 An operator may pause a source that supports it (`PausableSource`: folders and cameras) and resume it later:
-a paused source hands nothing new to the queue, and nothing it would have handed is lost.
+a paused source hands nothing new to the queue, and nothing it would have handed is lost. A source whose
+config says `paused: true` is paused before it starts (`pause_at_start`), so not one backlog file is read.
 """
 
 from __future__ import annotations
@@ -99,8 +100,12 @@ class Source(ABC):
         """How long `join` may need after `stop` (a camera blocked in a read needs its read timeout)."""
         return 5.0
 
-    def acknowledge(self, frame: Frame) -> None:
-        """The verdict or quarantine of `frame` is durable: the source may forget it for good."""
+    def pause_at_start(self) -> None:
+        """Start paused (config `paused: true`); called before `start()`. NotPausable when the source cannot."""
+        raise NotPausable(f"source {self.name!r} ({self.source_kind}) cannot be paused")
+
+    def acknowledge(self, frame: Frame, anomaly: bool | None = None) -> None:
+        """The verdict (`anomaly`) or the quarantine (None) of `frame` is durable: the source may forget it."""
         return  # a camera keeps no state per frame
 
     def close(self) -> None:
@@ -133,6 +138,14 @@ class PausableSource(Source):
     def _check_running(self, action: str) -> None:
         if not self.alive or self.finished or self.thread.stopping:
             raise NotPausable(f"source {self.name!r} is {self.state}: only a running source can be {action}")
+
+    def pause_at_start(self) -> None:
+        """Be paused from the start: pause() needs a running source, and by then a backlog file may be read."""
+        if self.thread.started:
+            raise NotPausable(f"source {self.name!r} has started: pause it with pause()")
+        self._pause_requested.set()
+        metrics.SOURCE_PAUSED.labels(self.name).set(1)
+        log.info("source_paused source=%s kind=%s reason=config", self.name, self.source_kind)
 
     def pause(self) -> None:
         """Pause the source; pausing a paused source changes nothing."""

@@ -13,7 +13,11 @@ inotify watch dies with the folder it was on, so the settle loop checks the fold
 second, says `folder_lost`, and when a folder is there again watches it anew and scans its backlog.
 
 A paused source keeps watching and collecting candidates but reads none: files stay on disk untouched
-(never quarantined while paused) and are scored after `resume()`, which also rescans the folder.
+(never quarantined while paused) and are scored after `resume()`, which also rescans the folder. A source
+configured `paused: true` starts so (the supervisor pauses it before `start()`): its backlog waits too.
+
+What happens to a file once its verdict is durable (`after_scoring`: keep, move, delete) is the Sorter's
+(monitor/sources/sorting.py): until it is done, the file stays in flight, so no rescan offers it again.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from monitor.records import FileKey, Frame
 from monitor.sources.base import PausableSource
 from monitor.sources.ledger import Ledger
 from monitor.sources.quarantine import Quarantine
+from monitor.sources.sorting import CHANGED, Done, Sorter
 from monitor.threads import StoppableThread
 
 log = logging.getLogger(__name__)
@@ -116,7 +121,8 @@ class FolderSource(PausableSource):
     SKIP_REASONS = ("not_regular", "symlink")
 
     def __init__(self, config: FolderSourceConfig, queue: FrameQueue, ledger: Ledger,
-                 quarantine: Quarantine) -> None:
+                 quarantine: Quarantine, sorted_root: Path | None = None) -> None:
+        """`sorted_root`: where `after_scoring: move` sorts files (config.sorted_folder_of); required then."""
         super().__init__(config.name)
         self.config = config
         self.folder = Path(config.folder)
@@ -137,6 +143,11 @@ class FolderSource(PausableSource):
         self._next_folder_check = 0.0
         self._rescan = threading.Event()  # set by resume(): the settle loop scans the folder once
         self.thread = StoppableThread(f"folder-{self.name}", self._run)
+        self.sorter: Sorter | None = None  # None: after_scoring keep
+        if config.after_scoring != "keep":
+            if config.after_scoring == "move" and sorted_root is None:
+                raise ValueError(f"source {self.name!r}: after_scoring move needs a sorted folder")
+            self.sorter = Sorter(config, sorted_root or self.folder, ledger, self._sorted)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,6 +162,8 @@ class FolderSource(PausableSource):
         metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(1)
         self._next_folder_check = time.monotonic() + _FOLDER_CHECK_S
         self.thread.start()
+        if self.sorter is not None:
+            self.sorter.start()  # its first tick moves what a crash or a refused move left (ledger.due)
         log.info("folder_source_started source=%s folder=%s backlog=%d", self.name, self.folder,
                  len(self._pending))
 
@@ -160,14 +173,24 @@ class FolderSource(PausableSource):
         self._wake.set()
         if self._observer is not None:
             self._observer.stop()
+        if self.sorter is not None:
+            self.sorter.stop()
 
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         if self._observer is not None:
             self._observer.join(timeout)
-        return self.thread.join(deadline - time.monotonic())
+        joined = self.thread.join(deadline - time.monotonic())
+        return (self.sorter is None or self.sorter.thread.join(deadline - time.monotonic())) and joined
+
+    @property
+    def dead(self) -> bool:
+        sorter = self.sorter.thread if self.sorter is not None else None
+        return super().dead or (sorter is not None and sorter.started and not sorter.alive and not sorter.stopping)
 
     def close(self) -> None:
+        if self.sorter is not None:
+            self.sorter.close()  # frames acknowledged after the threads ended (the scorer's drain)
         self.ledger.close()
 
     def _paused_changed(self) -> None:
@@ -527,6 +550,7 @@ class FolderSource(PausableSource):
 
         from monitor.journal import FileRecord
 
+        with_verdict = self.config.after_scoring != "keep"
         added = 0
         for rec in records:
             # read_journal_tail validated these, but a caller may pass anything: a record that is not a dict,
@@ -537,18 +561,38 @@ class FolderSource(PausableSource):
                 key = FileRecord.model_validate(rec["file"]).key()
             except (ValidationError, RecursionError):
                 continue
-            if key not in self.ledger:
-                self.ledger.add(key)
+            # With a verdict, a file a crash left in the folder before its move is moved at start (Sorter).
+            anomaly = rec.get("anomaly") if with_verdict and isinstance(rec.get("anomaly"), bool) else None
+            if key not in self.ledger or (anomaly is not None and self.ledger.outcome(key) is None):
+                self.ledger.add(key, anomaly)
                 added += 1
         if added:
             log.info("ledger_reconciled_from_journal source=%s added=%d", self.name, added)
         return added
 
-    def acknowledge(self, frame: Frame) -> None:
-        """The file's verdict (or quarantine) is in the journal: record the file version in the ledger."""
+    def acknowledge(self, frame: Frame, anomaly: bool | None = None) -> None:
+        """The file's verdict (`anomaly`), or its quarantine (None), is in the journal.
+
+        Kept files go into the ledger. With a Sorter, a scored file stays in flight until it is moved or
+        deleted (`_sorted`); a quarantined one is gone, and the ledger need not know it unless it is still here.
+        """
         if frame.path is None:
+            return
+        if self.sorter is not None and anomaly is not None:
+            with self._lock:
+                key = self._inflight.get(frame.path)
+            if key is not None:
+                self.sorter.put(Done(frame.path, key, anomaly, time.time()))
             return
         with self._lock:
             key = self._inflight.pop(frame.path, None)
-        if key is not None:
+        if key is not None and (self.sorter is None or os.path.lexists(frame.path)):
             self.ledger.add(key)
+
+    def _sorted(self, done: Done, outcome: str) -> None:
+        """The Sorter is done with a file (moved, deleted, gone, or kept with its verdict in the ledger)."""
+        with self._lock:
+            if self._inflight.get(done.path) == done.key:  # not a newer version of the same name in flight
+                del self._inflight[done.path]
+        if outcome == CHANGED:
+            self.offer(done.path, closed=False)  # a new version written while the old one was in flight

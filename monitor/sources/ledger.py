@@ -6,6 +6,10 @@ skipped, counted and logged once, and the file is set aside as `<ledger>.rejecte
 good lines, so the next start does not meet them again. A ledger that cannot be read at all (a folder, no
 permission, not a regular file) is set aside too, and the source starts with an empty ledger that the
 journal's tail then fills (FolderSource.reconcile).
+
+A source that moves or deletes its scored files (`after_scoring`) writes a line only for a file that could not
+be moved or deleted: the line carries the verdict (`"a"`: anomaly or not), so the move is tried again later
+(monitor/sources/sorting.py); an entry is dropped once its file has left the folder.
 """
 
 from __future__ import annotations
@@ -34,20 +38,25 @@ UNREADABLE_SUFFIX = ".unreadable"
 
 
 class LedgerRecord(BaseModel):
-    """One ledger line: {"p": name, "s": size, "m": mtime_ns}, exactly as `_line` writes it."""
+    """One ledger line: {"p": name, "s": size, "m": mtime_ns} (and "a": the verdict of a file whose move or
+    deletion is still due), exactly as `_line` writes it."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     p: FileName
     s: Size
     m: MtimeNs
+    a: bool | None = None
 
     def key(self) -> FileKey:
         return FileKey(self.p, self.s, self.m)
 
 
-def _line(key: FileKey) -> str:
-    return json.dumps({"p": key.name, "s": key.size, "m": key.mtime_ns}) + "\n"
+def _line(key: FileKey, anomaly: bool | None = None) -> str:
+    record: dict = {"p": key.name, "s": key.size, "m": key.mtime_ns}
+    if anomaly is not None:
+        record["a"] = anomaly
+    return json.dumps(record) + "\n"
 
 
 def _why(exc: OSError) -> str:
@@ -64,6 +73,7 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keys: set[FileKey] = set()
+        self._due: dict[FileKey, bool] = {}  # scored files still to be moved or deleted, with their verdict
         self._lock = threading.Lock()
         self._file: LineFile | None = None  # None: the ledger lives in memory only (it could not be opened)
         self._failing = False  # the last write was refused: logged once, until a write succeeds again
@@ -97,7 +107,10 @@ class Ledger:
                     if not raw.strip():
                         continue
                     try:
-                        self._keys.add(LedgerRecord.model_validate(parse_object_line(raw)).key())
+                        record = LedgerRecord.model_validate(parse_object_line(raw))
+                        self._keys.add(record.key())
+                        if record.a is not None:
+                            self._due[record.key()] = record.a
                     except RecordRejected as exc:
                         # The last line without a newline is the usual one: cut by a crash mid-write. That one
                         # file may be scored again; nothing is lost.
@@ -132,7 +145,7 @@ class Ledger:
         if aside is None:
             return None
         try:
-            atomic_write(self.path, "".join(_line(k) for k in sorted(self._keys)).encode(), durable=True)
+            atomic_write(self.path, self._text(self._keys), durable=True)
         except OSError as exc:
             # Nothing lost: the keys are in memory, and the file opened next starts empty and appends.
             log.warning("ledger_rewrite_failed path=%s error=%s", self.path, _why(exc))
@@ -149,6 +162,9 @@ class Ledger:
             metrics.STATE_FILES_UNREADABLE.labels("ledger").inc()
             log.warning("ledger_unwritable path=%s error=%s action=memory_only", self.path, _why(exc))
 
+    def _text(self, keys: Iterable[FileKey]) -> bytes:
+        return "".join(_line(k, self._due.get(k)) for k in sorted(keys)).encode()
+
     def __contains__(self, key: FileKey) -> bool:
         with self._lock:
             return key in self._keys
@@ -156,18 +172,40 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add(self, key: FileKey) -> None:
-        """Record a scored file version (flushed to the OS at once).
+    def outcome(self, key: FileKey) -> bool | None:
+        """The verdict recorded with `key` (a move or deletion still due), else None."""
+        with self._lock:
+            return self._due.get(key)
+
+    def due(self) -> dict[FileKey, bool]:
+        """The file versions whose move or deletion is still due, with their verdicts."""
+        with self._lock:
+            return dict(self._due)
+
+    def discard(self, key: FileKey) -> None:
+        """Forget a file version that left the folder (moved or deleted after scoring).
+
+        In memory only: its line, if it had one, goes at the next start's compaction (the file is gone).
+        """
+        with self._lock:
+            self._keys.discard(key)
+            self._due.pop(key, None)
+
+    def add(self, key: FileKey, anomaly: bool | None = None) -> None:
+        """Record a scored file version (flushed to the OS at once); `anomaly` for one whose move or
+        deletion is still due.
 
         Never raises: a line the disk refuses is kept in memory only (the verdict is already in the journal,
         whose tail fills the ledger again at the next start), counted, and logged once per episode.
         """
         with self._lock:
             self._keys.add(key)
+            if anomaly is not None:
+                self._due[key] = anomaly
             if self._file is None:
                 return
             try:
-                self._file.write(_line(key))  # all or nothing: no cut line on a full disk
+                self._file.write(_line(key, anomaly))  # all or nothing: no cut line on a full disk
             except OSError as exc:
                 count_error("ledger", exc)
                 if not self._failing:
@@ -188,7 +226,7 @@ class Ledger:
                 return
             if self._file is not None:
                 try:
-                    atomic_write(self.path, "".join(_line(k) for k in sorted(keep)).encode(), durable=True)
+                    atomic_write(self.path, self._text(keep), durable=True)
                 except OSError as exc:
                     # The old file stays (a few lines too many); compaction is tried again at the next start.
                     count_error("ledger", exc)
@@ -198,6 +236,7 @@ class Ledger:
             log.info("ledger_compacted path=%s kept=%d dropped=%d", self.path, len(keep),
                      len(self._keys) - len(keep))
             self._keys = keep
+            self._due = {k: a for k, a in self._due.items() if k in keep}
 
     def _reopen(self) -> None:
         """Append to the file now at the path (compaction replaced it); memory only when that fails."""

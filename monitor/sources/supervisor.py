@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from monitor.batching import FrameQueue
-from monitor.config import CameraSourceConfig, Config, FolderSourceConfig, SourceConfig
+from monitor.config import CameraSourceConfig, Config, FolderSourceConfig, SourceConfig, sorted_folder_of
 from monitor.journal import read_journal_tail
 from monitor.records import Frame, SourceEvent
 from monitor.sources.base import Source
@@ -39,7 +39,8 @@ def _folder(config: FolderSourceConfig, ctx: SourceContext) -> Source:
     from monitor.sources.folder import FolderSource
     from monitor.sources.ledger import Ledger
 
-    source = FolderSource(config, ctx.queue, Ledger(ctx.state / f"ledger-{config.name}.jsonl"), ctx.quarantine)
+    source = FolderSource(config, ctx.queue, Ledger(ctx.state / f"ledger-{config.name}.jsonl"), ctx.quarantine,
+                          sorted_folder_of(config, ctx.state))
     source.reconcile(ctx.recent_records)
     return source
 
@@ -58,8 +59,11 @@ BUILDERS: dict[type, Callable[[SourceConfig, SourceContext], Source]] = {
 
 
 def build_source(config: SourceConfig, ctx: SourceContext) -> Source:
-    """The source object for one source config."""
-    return BUILDERS[type(config)](config, ctx)
+    """The source object for one source config, paused before it starts when the config says `paused: true`."""
+    source = BUILDERS[type(config)](config, ctx)
+    if config.paused:
+        source.pause_at_start()
+    return source
 
 
 class SourceSupervisor:
@@ -118,11 +122,11 @@ class SourceSupervisor:
         """Names of the sources whose thread ended without being finished or stopped."""
         return [name for name, source in self.sources.items() if source.dead]
 
-    def acknowledge(self, frame: Frame) -> None:
-        """Hand a durable verdict (or quarantine) back to the source of its frame."""
+    def acknowledge(self, frame: Frame, anomaly: bool | None = None) -> None:
+        """Hand a durable verdict (`anomaly`, None for a quarantine) back to the source of its frame."""
         source = self.sources.get(frame.source)
         if source is not None:
-            source.acknowledge(frame)
+            source.acknowledge(frame, anomaly)
 
     def stop(self) -> None:
         """Ask every source to stop; returns at once."""
