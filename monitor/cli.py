@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     from monitor.training.cli import register
 
     register(sub)
+    from monitor.replay import register as register_replay
+
+    register_replay(sub)
     return parser
 
 
