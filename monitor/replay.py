@@ -76,6 +76,7 @@ class JournalRecords:
     verdicts: list[VerdictRow] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # verdict id -> its latest label
     events: int = 0
+    threshold_changes: int = 0  # `threshold_changed` events: the recorded flags before one used other settings
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> bad lines skipped
     first_rejected: str | None = None  # "FILE:LINE reason" of the first bad line, for a person to look at
 
@@ -155,6 +156,7 @@ def _read_line(records: JournalRecords, path: Path, lineno: int, line: bytes) ->
             records.labels[target] = label
     elif "event" in record:
         records.events += 1
+        records.threshold_changes += record.get("event") == "threshold_changed"
     else:
         records._reject(path, lineno, "unknown_record")
 
@@ -483,6 +485,8 @@ def apply_threshold(config_path: str | Path, changes: Mapping[str, Any], by: str
         else:
             section[key] = value
     new_config = parse_config({**data, "threshold": section}, path)
+    # The values as the schema read them: "0.99" from a command line or a form is written as 0.99, not '0.99'.
+    section = {k: (getattr(new_config.threshold, k) if k in THRESHOLD_KEYS else v) for k, v in section.items()}
     change = ThresholdChange(old=old_config.threshold.model_dump(), new=new_config.threshold.model_dump(), by=by)
     if section == (raw if isinstance(raw, dict) else {}):
         return change  # nothing to write
@@ -767,7 +771,8 @@ def _login() -> str:
 
 def _journal_json(records: JournalRecords) -> dict[str, Any]:
     return {"files": [str(p) for p in records.files], "verdicts": len(records.verdicts),
-            "labels": len(records.labels), "events": records.events, "bad_lines": records.bad_lines,
+            "labels": len(records.labels), "events": records.events,
+            "threshold_changes": records.threshold_changes, "bad_lines": records.bad_lines,
             "bad_reasons": dict(records.rejected), "first_bad_line": records.first_rejected}
 
 
@@ -802,8 +807,8 @@ def format_table(records: JournalRecords, result: ReplayResult) -> str:
         head += f", {records.bad_lines} bad lines skipped ({reasons})"
     lines = [head]
     setting = (f"fixed {s.fixed:g}" if s.fixed is not None else
-               f"quantile {_opt(s.quantile)}, margin {_opt(s.margin)}, window {s.window}, learn_from_anomalies "
-               f"{'yes' if s.learn_from_anomalies else 'no'}")
+               f"quantile {_opt(s.quantile, DEFAULT_QUANTILE)}, margin {_opt(s.margin, DEFAULT_MARGIN)}, "
+               f"window {s.window}, learn_from_anomalies {'yes' if s.learn_from_anomalies else 'no'}")
     lines.append(f"what-if: {setting}")
     table = [list(_COLUMNS)]
     notes: list[str] = []
@@ -827,8 +832,11 @@ def format_table(records: JournalRecords, result: ReplayResult) -> str:
         lines.append("(no verdicts to replay)")
     lines.append("")
     lines.extend(notes)
+    if records.threshold_changes:
+        lines.append(f"the journal records {records.threshold_changes} threshold change(s): its recorded row mixes "
+                     "the settings in force at each time")
     return "\n".join(lines)
 
 
-def _opt(value: float | None) -> str:
-    return "bundle's" if value is None else f"{value:g}"
+def _opt(value: float | None, default: float) -> str:
+    return f"bundle's (else {default:g})" if value is None else f"{value:g}"

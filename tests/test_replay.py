@@ -463,12 +463,14 @@ def test_cli_apply_writes_the_config_journals_the_change_and_signals_the_daemon(
         child.kill()
         child.wait()
     assert load_config(path).threshold.quantile == 0.99
+    assert "  quantile: 0.99   # from the bundle's calibration\n" in path.read_text()  # a number, not '0.99'
     event = json.loads(journal.read_text().splitlines()[-1])
     assert event["event"] == "threshold_changed" and event["by"] == "ana"
     assert (event["old"]["quantile"], event["new"]["quantile"]) == (0.999, 0.99)
     err = capsys.readouterr().err
     assert "SIGHUP sent" in err
-    assert read_records(journal).events == 1  # the journal still reads clean, the change as an event
+    records = read_records(journal)  # the journal still reads clean, the change as an event
+    assert (records.events, records.threshold_changes, records.bad_lines) == (1, 1, 0)
 
 
 def test_cli_apply_without_a_pid_says_how_to_reload(tmp_path, capsys):
@@ -477,3 +479,12 @@ def test_cli_apply_without_a_pid_says_how_to_reload(tmp_path, capsys):
     assert main(["replay", "--config", str(path), "--fixed", "2", "--apply", "--by", "ana"]) == 0
     assert "reload the daemon: systemctl reload anomaly-monitor" in capsys.readouterr().err
     assert load_config(path).threshold.fixed == 2.0
+
+
+def test_the_replay_command_does_not_import_tensorflow(tmp_path):
+    journal = labelled_journal(tmp_path / "journal.jsonl")
+    code = ("import sys\nfrom monitor.cli import main\n"
+            f"assert main(['replay', '--journal', {str(journal)!r}, '--fixed', '0.3']) == 0\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
