@@ -92,10 +92,8 @@ class Sorter:
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
             self._drain()
-            if time.monotonic() >= self._next_tick:
+            if time.monotonic() >= self._next_tick:  # the first tick at once: what the last run left is due
                 self._next_tick = time.monotonic() + self.interval_s
                 try:
                     self.retry_due()
@@ -104,6 +102,8 @@ class Sorter:
                 except Exception:  # noqa: BLE001 - the next tick tries again; the sorter lives on
                     metrics.ERRORS.labels("sort").inc()
                     log.exception("sorted_tick_failed source=%s", self.name)
+            self._wake.wait(1.0)
+            self._wake.clear()
 
     def _drain(self) -> None:
         while True:
