@@ -149,6 +149,8 @@ class MetricsConfig(StrictModel):
     # A file holding the bearer token the API's write actions need (else MONITOR_API_TOKEN); off loopback,
     # writes are refused until one is set.
     token_file: Path | None = None
+    # Reading the review page and its API needs the token too (a browser signs in once at /login).
+    read_token_required: bool = False
 
 
 class LoggingConfig(StrictModel):

@@ -257,7 +257,8 @@ class Daemon:
         self._publish_pipeline_metrics(self.pipeline)
         if cfg.metrics.enabled:
             self.http = HttpServer(cfg.metrics.host, cfg.metrics.port, DaemonController(self),
-                                   token_file=cfg.metrics.token_file)
+                                   token_file=cfg.metrics.token_file,
+                                   read_token_required=cfg.metrics.read_token_required)
             try:
                 self.metrics_port = self.http.start()  # a busy port: OSError, exit 1 (systemd retries)
             except TokenError as exc:  # a config error: exit 2
@@ -414,7 +415,9 @@ class Daemon:
         if new_config.alerts != old.config.alerts:
             new_alerts = self._build_alerts(new_config)
         # A pause survives a reload (not a restart): a replaced source is paused again once it runs.
-        paused = [n for n in changed if getattr(self.sources.sources.get(n), "paused", False)]
+        # Unless the config's own `paused` changed: then the config says what the operator wants now.
+        paused = [n for n in changed if getattr(self.sources.sources.get(n), "paused", False)
+                  and old_sources[n].paused == new_sources[n].paused]
         # Retiring sources stop producing first; what they queued is dropped at the swap.
         retired = [self.sources.remove(n) for n in removed + changed]
         if not self._acquire_batch_lock():

@@ -16,8 +16,6 @@ import re
 import time
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from monitor import metrics
 
 DEFECT = "defect"
@@ -31,12 +29,8 @@ MAX_NOTE_CHARS = 2000  # a sentence or two: the journal is not a ticket system
 MAX_BY_CHARS = 64
 VERDICT_ID = re.compile(r"[0-9a-f]{32}")
 
-# Moved to monitor/metrics.py by its owner later; defined here against the one registry meanwhile.
-LABELS_TOTAL = Counter("anomaly_monitor_labels_total", "Operator labels written to the journal",
-                       ["source", "label"], registry=metrics.REGISTRY)
-LABELLED_PRECISION = Gauge("anomaly_monitor_labelled_precision",
-                           "defect / (defect + false_alarm) over labelled anomalies, latest label per verdict",
-                           ["source"], registry=metrics.REGISTRY)
+LABELS_TOTAL = metrics.LABELS_TOTAL
+LABELLED_PRECISION = metrics.LABELLED_PRECISION
 
 
 class LabelRefused(ValueError):

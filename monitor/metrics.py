@@ -231,3 +231,12 @@ SORTED_BYTES = Gauge(
     _name("sorted_bytes"), "Bytes in the source's sorted folder after its last retention check.", ["source"],
     registry=REGISTRY,
 )
+
+# --- review: operator labels (issue 13) --------------------------------------------------------
+LABELS_TOTAL = Counter(_name("labels"), "Operator labels written to the journal, by source and label.",
+                       ["source", "label"], registry=REGISTRY)
+LABELLED_PRECISION = Gauge(
+    _name("labelled_precision"),
+    "defect / (defect + false_alarm) over labelled anomalies, latest label per verdict, by source.",
+    ["source"], registry=REGISTRY,
+)

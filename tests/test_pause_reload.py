@@ -20,10 +20,10 @@ from monitor.daemon import Daemon
 pytestmark = pytest.mark.timeout(120)
 
 
-def _write_config(path: Path, bundle: Path, settle_ms: int) -> None:
+def _write_config(path: Path, bundle: Path, settle_ms: int, paused: bool = False) -> None:
     path.write_text(yaml.safe_dump({
         "model": str(bundle),
-        "sources": [{"name": "line1", "folder": "inbox", "settle_ms": settle_ms}],
+        "sources": [{"name": "line1", "folder": "inbox", "settle_ms": settle_ms, "paused": paused}],
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
         "logging": {"summary_interval_s": 0},
     }))
@@ -86,3 +86,24 @@ def test_a_pause_survives_a_reload_that_replaces_the_source(running):
     assert "held.png" not in _verdicts(daemon)
     assert requests.post(f"{url}/api/sources/line1/resume", timeout=5).status_code == 200
     assert _wait(lambda: _verdicts(daemon).count("held.png") == 1)
+
+
+def test_a_reload_that_changes_the_configs_paused_setting_follows_the_config(tmp_path, tiny_bundle):
+    config_path = tmp_path / "config.yaml"
+    _write_config(config_path, tiny_bundle, 20, paused=True)
+    daemon = Daemon(load_config(config_path), config_path=config_path)
+    daemon.start()
+    waiter = threading.Thread(target=daemon.wait, name="daemon-wait")
+    waiter.start()
+    try:
+        assert daemon.sources.sources["line1"].paused
+        _write_config(config_path, tiny_bundle, 20, paused=False)
+        result = daemon.reload()
+        assert result.ok, result.message
+        assert not daemon.sources.sources["line1"].paused
+        inbox = daemon.config.sources[0].folder
+        (inbox / "now.png").write_bytes(encode(normal_image(np.random.default_rng(2), 32)))
+        assert _wait(lambda: _verdicts(daemon).count("now.png") == 1)
+    finally:
+        daemon.stop()
+        waiter.join(30)
