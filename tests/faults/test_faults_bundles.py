@@ -123,4 +123,6 @@ def test_monitor_run_refuses_an_absurd_bundle_with_exit_2(bundle_copy: Path, tmp
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {bundle_copy / META_FILE}: threshold.margin: "), errors
+    # The config key that names the bundle, then the bundle's file and key (checked before TensorFlow loads).
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: {config}: model: {bundle_copy / META_FILE}: threshold.margin: "), errors
