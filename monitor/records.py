@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,11 +29,55 @@ class Frame:
     frame_time: float  # wall-clock seconds: when the file arrived or the camera captured the frame
     path: Path | None = None  # set for folder files, None for camera frames
     file_key: FileKey | None = None  # folder files only
+    # A camera with an `roi`: the whole frame the crop in `image` came from, so the evidence can show where
+    # the ROI sits on the part. None for files and for cameras without an ROI.
+    full_frame: np.ndarray | None = None
     enqueued: float = field(default_factory=time.monotonic)  # monotonic, for max-wait and latency
 
     @property
     def is_file(self) -> bool:
         return self.path is not None
+
+
+def local_time(ts: float) -> str:
+    """Wall-clock seconds as the line's local time with its UTC offset: ``2026-11-26 17:03:12 +01:00``.
+
+    People on the line read alerts and evidence against the clock on the wall, so texts use the process's
+    time zone (TZ, which a systemd unit may set); the journal keeps Unix seconds.
+    """
+    moment = dt.datetime.fromtimestamp(ts).astimezone()
+    offset = moment.utcoffset() or dt.timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, mins = divmod(abs(minutes), 60)
+    return f"{moment:%Y-%m-%d %H:%M:%S} {sign}{hours:02d}:{mins:02d}"
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box in pixels (x, y: top-left corner; w, h: size): where on the part the error is hottest."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h}
+
+    @staticmethod
+    def from_json(data: dict | None) -> Region | None:
+        """The region of a journal line or an alert's verdict, or None when it has none (or a malformed one)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return Region(int(data["x"]), int(data["y"]), int(data["w"]), int(data["h"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def describe(self) -> str:
+        """The box as a person reads it: ``x=120 y=48 (16 x 9 px)``."""
+        return f"x={self.x} y={self.y} ({self.w} x {self.h} px)"
 
 
 def new_verdict_id() -> str:
@@ -55,6 +100,9 @@ class Verdict:
     file_key: FileKey | None = None
     model: str | None = None  # the config's name of the model that scored it
     model_id: str | None = None  # that bundle's content identity (monitor.model.bundle.bundle_identity)
+    # Anomalies: the hottest region of the error map in the pixels of the image the source delivered (a
+    # file; a camera's whole frame, ROI offset included). See monitor.region.
+    region: Region | None = None
     # What a label, an alert's link and the review page name this verdict by: random, so two daemons, a
     # restart or a replayed journal never reuse one.
     id: str = field(default_factory=new_verdict_id)
@@ -72,6 +120,8 @@ class Verdict:
             "anomaly": self.anomaly,
             "evidence": str(self.evidence) if self.evidence is not None else None,
         }
+        if self.region is not None:
+            record["region"] = self.region.to_json()
         if self.model is not None:
             record["model"] = self.model
             record["model_id"] = self.model_id

@@ -1,6 +1,8 @@
-"""Evidence images: three panels with the score written on them; retention by count and bytes."""
+"""Evidence images: four panels (input with the region's box, reconstruction, heat map, overlay) under a
+header with the score, the time and the region; retention by count and bytes."""
 
 import errno
+import math
 import os
 import time
 
@@ -8,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor.evidence import HEADER_HEIGHT, EvidenceStore, render_evidence
+from monitor.evidence import BOX_COLOUR, GAP, HEADER_HEIGHT, ROI_COLOUR, EvidenceStore, render_evidence
+from monitor.records import Region
 
 
 def sample(size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -20,13 +23,20 @@ def sample(size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return inp, rec, err
 
 
-def test_evidence_has_input_reconstruction_and_heat_map_side_by_side():
+def panels(image: np.ndarray, n: int = 4) -> list[np.ndarray]:
+    """The n panels of an evidence image's body, left to right."""
+    width = (image.shape[1] - (n - 1) * GAP) // n
+    body = image[HEADER_HEIGHT:]
+    return [body[:, k * (width + GAP):k * (width + GAP) + width] for k in range(n)]
+
+
+def test_evidence_has_input_reconstruction_heat_map_and_overlay_side_by_side():
     inp, rec, err = sample()
     image = render_evidence(inp, rec, err, score=0.2, threshold=0.1, title="line1 a.png")
     assert image.dtype == np.uint8 and image.shape[2] == 3
-    panel = (image.shape[1] - 8) // 3
+    panel = (image.shape[1] - 3 * GAP) // 4
     assert panel >= 192 and image.shape[0] == HEADER_HEIGHT + panel
-    heat = image[HEADER_HEIGHT:, 2 * (panel + 4):]
+    heat = panels(image)[2]
     scale = panel // 32
     # The heat map is brightest exactly where the error is.
     hot = heat[4 * scale:8 * scale, 20 * scale:28 * scale].mean()
@@ -54,7 +64,7 @@ def test_colour_inputs_are_rendered_in_colour():
 def test_a_large_stitched_image_is_shrunk_to_panels_of_at_most_1024_pixels():
     inp = np.full((1500, 2000, 1), 0.5, np.float32)
     image = render_evidence(inp, inp, np.zeros((1500, 2000), np.float32), 0.2, 0.1)
-    assert image.shape[:2] == (HEADER_HEIGHT + 750, 3 * 1000 + 8)  # 2000 px shrunk by 2
+    assert image.shape[:2] == (HEADER_HEIGHT + 750, 4 * 1000 + 3 * GAP)  # 2000 px shrunk by 2
 
 
 def test_a_4px_defect_stays_a_hot_spot_in_a_shrunk_heat_map():
@@ -62,11 +72,68 @@ def test_a_4px_defect_stays_a_hot_spot_in_a_shrunk_heat_map():
     err[1000:1004, 2000:2004] = 1.0  # 16 px of 5 MP; shrunk by 3, an average would dim it to a ninth or less
     image = render_evidence(np.zeros((1944, 2592, 1), np.float32), np.zeros((1944, 2592, 1), np.float32), err,
                             0.2, 0.1)
-    panel = (image.shape[1] - 8) // 3
-    heat = image[HEADER_HEIGHT:, 2 * (panel + 4):]
+    heat = panels(image)[2]
     hottest = cv2.applyColorMap(np.array([[255]], np.uint8), cv2.COLORMAP_INFERNO)[0, 0]
     y, x = 1000 // 3, 2000 // 3
     np.testing.assert_array_equal(heat[y, x], hottest)
+
+
+def test_the_region_box_is_drawn_just_outside_the_region_on_the_input_and_the_overlay():
+    inp, rec, err = sample()  # the error is at rows 4:8, columns 20:28 of a 32x32 map
+    image = render_evidence(inp, rec, err, 0.2, 0.1, box=Region(20, 4, 8, 4), region=Region(80, 16, 32, 16))
+    scale = panels(image)[0].shape[1] // 32
+    for panel in (panels(image)[0], panels(image)[3]):
+        top, left = 4 * scale - 1, 20 * scale - 1  # one pixel outside the box's top-left corner
+        right, bottom = 28 * scale, 8 * scale  # one pixel outside its bottom-right corner
+        for y, x in ((top, left), (top, 24 * scale), (bottom, right), (6 * scale, right), (6 * scale, left)):
+            np.testing.assert_array_equal(panel[y, x], BOX_COLOUR)
+        assert not (panel[4 * scale:8 * scale, 20 * scale:28 * scale] == BOX_COLOUR).all(axis=2).any()
+    # Neither the reconstruction nor the heat map is drawn on.
+    for panel in panels(image)[1:3]:
+        assert not (panel == BOX_COLOUR).all(axis=2).any()
+
+
+def test_without_a_box_nothing_is_drawn():
+    inp, rec, err = sample()
+    image = render_evidence(inp, rec, err, 0.2, 0.1)
+    assert not (image[HEADER_HEIGHT:] == BOX_COLOUR).all(axis=2).any()
+
+
+def test_the_overlay_shows_the_heat_map_over_the_input_where_the_error_is():
+    inp, rec, err = sample()
+    first, _, heat, overlay = panels(render_evidence(inp, rec, err, 0.2, 0.1))
+    scale = first.shape[1] // 32
+    hot = (slice(5 * scale, 7 * scale), slice(22 * scale, 26 * scale))
+    cold = (slice(16 * scale, 32 * scale), slice(0, 16 * scale))
+    # Where the error is zero the overlay is the input; where it peaks it is mostly the heat map's colour.
+    np.testing.assert_array_equal(overlay[cold], first[cold])
+    assert np.abs(overlay[hot].astype(int) - heat[hot]).mean() < np.abs(first[hot].astype(int) - heat[hot]).mean()
+
+
+def test_the_header_names_the_region_and_the_time():
+    inp, rec, err = sample()
+    plain = render_evidence(inp, rec, err, 0.2, 0.1, title="line1 a.png")
+    told = render_evidence(inp, rec, err, 0.2, 0.1, title="line1 a.png", region=Region(80, 16, 32, 16),
+                           frame_time=1_700_000_000.0, time_label="arrived")
+    assert not np.array_equal(plain[:HEADER_HEIGHT], told[:HEADER_HEIGHT])
+    np.testing.assert_array_equal(plain[HEADER_HEIGHT:], told[HEADER_HEIGHT:])
+
+
+def test_a_camera_with_an_roi_shows_its_whole_frame_with_the_roi_framed_first():
+    inp, rec, err = sample()
+    frame = np.full((120, 160, 3), 90, np.uint8)  # the whole camera frame; the ROI is x 40..104, y 20..84
+    image = render_evidence(inp, rec, err, 0.2, 0.1, box=Region(20, 4, 8, 4), region=Region(80, 28, 16, 8),
+                            full_frame=frame, roi=(40, 20, 64, 64))
+    row = image[HEADER_HEIGHT:]
+    height = row.shape[0]
+    width = round(160 * height / 120)
+    whole = row[:, :width]
+    s = height / 120
+    # One pixel above the ROI's top edge (y 20), one below the region's bottom edge (y 28 + 8), in frame pixels.
+    np.testing.assert_array_equal(whole[math.floor(20 * s) - 1, round(60 * s)], ROI_COLOUR)
+    np.testing.assert_array_equal(whole[math.ceil(36 * s), round(88 * s)], BOX_COLOUR)
+    np.testing.assert_array_equal(row[:, width:width + GAP], 255)  # then the four panels as usual
+    assert image.shape[1] == width + GAP + 4 * height + 3 * GAP
 
 
 def test_store_writes_png_named_by_time_source_and_input(tmp_path):
