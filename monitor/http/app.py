@@ -1,5 +1,6 @@
 """The Starlette app: Prometheus exposition, health endpoints as Prometheus has them, the JSON API, and the
-review page with its API (`review`: anomalies, verdicts, evidence, labels).
+review page with its API (`review`: anomalies, verdicts, evidence, labels; `whatif`: the what-if threshold
+panel and applying a threshold).
 
 Reads (GET) are open (the review's reads take the token too when the server is built with
 `read_token_required`). Writes (POST) need `Authorization: Bearer <token>` whenever a token is set, and a
@@ -26,6 +27,7 @@ from monitor import metrics
 from monitor.http.control import Controller, NotPausable
 from monitor.http.journal_index import JournalIndex
 from monitor.http.review import Access, Review
+from monitor.http.whatif import WhatIf
 
 log = logging.getLogger(__name__)
 
@@ -121,5 +123,7 @@ def build_app(controller: Controller, policy: WritePolicy, read_token_required: 
         Route("/api/sources/{name}/resume", source_action("resume", controller.resume), methods=["POST"]),
     ]
     access = Access(token=policy.token, beyond_loopback=policy.required, read_token_required=read_token_required)
-    routes.extend(Review(controller, access, index).routes())
+    review = Review(controller, access, index)
+    routes.extend(review.routes())
+    routes.extend(WhatIf(controller, access, review._render).routes())
     return Starlette(routes=routes)

@@ -1,7 +1,8 @@
 """What the HTTP server may ask of the daemon, and the adapter that asks today's Daemon.
 
 The server sees only `Controller`: readiness, a status snapshot, pause/resume of a source by name, reload,
-and for the review page the journal's and evidence folder's paths and a durable journal append (labels).
+and for the review page the journal's and evidence folder's paths and a durable journal append (labels), and for
+its what-if panel the threshold settings in force, each source's calibration and the config file's path.
 A request names sources by their config name and verdicts by id, nothing else: no path ever comes from a request.
 """
 
@@ -13,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from monitor.config import ThresholdConfig
+from monitor.replay import Calibration
 from monitor.sources.base import NotPausable, Source
 
 if TYPE_CHECKING:
@@ -50,6 +53,16 @@ class Controller(Protocol):
     def append_journal(self, record: dict[str, Any]) -> None:
         """Append `record` to the daemon's journal and fsync it. OSError when the disk refuses: the record
         then stays queued and is written with the daemon's next journal write (never twice)."""
+
+    def threshold_settings(self) -> ThresholdConfig:
+        """The config's `threshold:` section in force now (the what-if's starting point)."""
+
+    def calibrations(self) -> dict[str, Calibration]:
+        """By source: the calibration its loaded model's rolling window starts from (none for a bundle without
+        calibration scores), so that a what-if starts where the daemon started."""
+
+    def config_path(self) -> Path | None:
+        """The config file a reload reads (and a threshold is applied to); None without one."""
 
 
 def _finite(value: Any) -> float | None:
@@ -180,6 +193,30 @@ class DaemonController:
 
     def evidence_folder(self) -> Path:
         return Path(self.daemon.config.output.evidence)
+
+    def threshold_settings(self) -> ThresholdConfig:
+        config, _, _ = self._current()
+        return config.threshold
+
+    def calibrations(self) -> dict[str, Calibration]:
+        # From the models the daemon loaded, not from the bundle files: a bundle rewritten on disk since does
+        # not move the what-if away from the window the daemon actually started. The bundle is named by its
+        # folder, as the status names it: the API never answers a full path.
+        config, models, _ = self._current()
+        found: dict[str, Calibration] = {}
+        for source in config.sources:
+            model = models.get(getattr(source, "model", "default"))
+            bundle = getattr(model, "bundle", model)
+            scores = getattr(bundle, "calibration_scores", None)
+            if bundle is None or scores is None or len(scores) == 0:
+                continue
+            found[source.name] = Calibration(tuple(float(s) for s in scores), float(bundle.threshold_quantile),
+                                             float(bundle.threshold_margin), Path(bundle.path).name)
+        return found
+
+    def config_path(self) -> Path | None:
+        path = getattr(self.daemon, "config_path", None)
+        return None if path is None else Path(path)
 
     # --- acting -------------------------------------------------------------------------------------
     def append_journal(self, record: dict[str, Any]) -> None:

@@ -235,6 +235,11 @@ class Review:
         self.access = access
         self.index = index if index is not None else JournalIndex(controller.journal_path())
         self.env = templates()
+        # Every source's label counters exist from the start, at 0: Prometheus's increase() cannot count a
+        # series' first sample, so a counter born at 1 with the first label would never show that label.
+        for source in controller.status().get("sources", []):
+            for name in labelling.LABELS:
+                labelling.LABELS_TOTAL.labels(source["name"], name)
 
     def routes(self) -> list[BaseRoute]:
         return [
