@@ -130,6 +130,16 @@ def grafana(expr: str, line: str = ".*", instance: str = ".*") -> str:
     return expr.replace("$line", line).replace("$instance", instance).replace("$source", ".*")
 
 
+def label_one_anomaly(port: int, records: list[dict]) -> None:
+    """Label the first anomaly of a daemon's journal `defect` through its review API, as an operator would."""
+    vid = next(r["id"] for r in records if "score" in r and r["anomaly"] and r.get("id"))
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/verdicts/{vid}/label", method="POST",
+                                     data=json.dumps({"label": "defect"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, tiny_bundle, subprocess_env):
     """Two daemons (a folder and a looping camera each, a command alert sink), scraped by one Prometheus."""
@@ -189,6 +199,10 @@ def fleet(tmp_path_factory, tiny_bundle, subprocess_env):
                 return False
 
         wait_until(settled, timeout=90, interval=0.5)
+        for d in daemons:  # the labelled-precision gauge has a series only once a source has a labelled anomaly
+            label_one_anomaly(d.config["metrics"]["port"], d.records())
+        wait_until(lambda: len(prometheus_query(prom_port, "count by (line) (anomaly_monitor_labelled_precision)"))
+                   == 2, timeout=30, interval=0.5)
         time.sleep(3)  # rate() needs two samples of every series: scrapes are 1 s apart
         yield prom_port, daemons
     finally:
@@ -213,6 +227,23 @@ def test_every_dashboard_expression_returns_data_for_each_line_and_for_both(flee
                 if not result or {r["metric"].get("line") for r in result} != {line}:
                     missing.append((line, query, result))
     assert not missing, "\n".join(map(str, missing))
+
+
+@pytest.mark.slow
+def test_the_label_panels_show_each_lines_label(fleet):
+    # One `defect` label per line (the fixture's): counted per day, and a precision of 1 where it is the only one.
+    port, _ = fleet
+    exprs = {p["title"]: p["targets"][0]["expr"] for p in json.loads(DASHBOARD.read_text())["panels"]}
+    per_day = prometheus_query(port, grafana(exprs["Labels per day by label"]))
+    defects = dict.fromkeys(LINES, 0.0)
+    for r in per_day:
+        if r["metric"]["label"] == "defect":
+            defects[r["metric"]["line"]] += float(r["value"][1])
+    assert set(defects) == set(LINES) and all(v >= 0.5 for v in defects.values()), per_day
+    others = [float(r["value"][1]) for r in per_day if r["metric"]["label"] != "defect"]
+    assert others and all(v == 0 for v in others)  # the other labels' counters exist from the start, at 0
+    precision = prometheus_query(port, grafana(exprs["Labelled precision"]))
+    assert {r["metric"]["line"]: float(r["value"][1]) for r in precision} == {line: 1.0 for line in LINES}
 
 
 @pytest.mark.slow
