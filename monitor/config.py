@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -153,6 +154,36 @@ class MetricsConfig(StrictModel):
     read_token_required: bool = False
 
 
+class HttpConfig(StrictModel):
+    """How people reach the daemon's HTTP server (its address and port are `metrics.host` / `metrics.port`).
+
+    A section of its own, not a key of `metrics:`: `metrics:` binds the socket and needs a restart, while
+    this only changes texts, so a reload applies it to the next alert.
+    """
+
+    # The URL people open the server at, as Alertmanager's --web.external-url and Grafana's root_url have
+    # it: `http://line1-pc:9108/`, or a reverse proxy's `https://qa.example.com/line1/`. Alerts link each
+    # anomaly to `<external_url>/verdicts/<verdict id>`; None: alerts carry no link.
+    external_url: str | None = None
+
+    @field_validator("external_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://line1-pc:9108/")
+        if parts.query or parts.fragment or any(ch.isspace() for ch in value):
+            raise ValueError("must be a plain base URL: no query, fragment or spaces")
+        return value.rstrip("/")
+
+
 class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # One `source_summary` line per source at this interval (seconds); 0 turns them off.
@@ -169,6 +200,7 @@ class Config(StrictModel):
     batching: BatchingConfig = BatchingConfig()
     output: OutputConfig = OutputConfig()
     metrics: MetricsConfig = MetricsConfig()
+    http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
     alerts: AlertsConfig = AlertsConfig()
 

@@ -52,9 +52,14 @@ class AlertmanagerSink(Sink):
                 starts, ends = alert.created - 1, alert.created
             if alert.event and alert.event.get("detail"):
                 annotations["detail"] = alert.event["detail"]
+        if alert.url:
+            annotations["review_url"] = alert.url
         body = {"labels": labels, "annotations": annotations, "startsAt": iso(starts), "endsAt": iso(ends)}
-        if c.generator_url:
-            body["generatorURL"] = c.generator_url
+        # Alertmanager's UI and most receivers show generatorURL as the alert's "Source" link: the anomaly's
+        # detail view, unless the config names a generator of its own.
+        generator = c.generator_url or alert.url
+        if generator:
+            body["generatorURL"] = generator
         return [body]
 
     def send(self, alert: Alert) -> None:

@@ -29,6 +29,8 @@ class CommandSink(Sink):
         evidence = alert.evidence
         if evidence is not None:
             env["ANOMALY_MONITOR_EVIDENCE"] = str(evidence)
+        if alert.url:
+            env["ANOMALY_MONITOR_URL"] = alert.url
         try:
             # run() kills the program when the timeout passes, so a hung hook cannot hold the sink.
             proc = subprocess.run(c.argv, input=alert.payload_bytes(), capture_output=True, env=env,

@@ -85,12 +85,16 @@ class AlertDispatcher:
         log.info("alert_dispatcher_stopped undelivered=%d", self.pending_count())
 
     # --- producers (scoring and camera threads) ----------------------------------------------
-    def notify_verdict(self, verdict: Verdict) -> None:
+    def notify_verdict(self, verdict: Verdict, external_url: str | None = None) -> None:
         """Queue an anomaly for every sink that wants anomalies; returns once it is on disk."""
-        self.release(self.prepare_verdict(verdict))
+        self.release(self.prepare_verdict(verdict, external_url))
 
-    def prepare_verdict(self, verdict: Verdict) -> Prepared:
+    def prepare_verdict(self, verdict: Verdict, external_url: str | None = None) -> Prepared:
         """Write the alerts of an anomaly to the outbox (durable) without handing them to the workers yet.
+
+        `external_url` (the config's `http.external_url`) gives each alert its link to the verdict on the
+        review page. It is passed per call, not kept here: the daemon reads it from the config in force, so a
+        reload that changes only the URL applies to the next alert without rebuilding the dispatcher.
 
         The daemon prepares before the verdict's journal line and releases after the journal's fsync: a crash
         in between leaves an alert whose file is scored again (a duplicate, never a loss), and no alert is sent
@@ -108,7 +112,8 @@ class AlertDispatcher:
                 decision = worker.on_anomaly(verdict.source, verdict.scored_at, verdict.score, now)
                 if decision.send:
                     made.append((worker, self._new_alert(worker, "anomaly", verdict.source, verdicts=(record,),
-                                                         suppressed=decision.suppressed)))
+                                                         suppressed=decision.suppressed,
+                                                         external_url=external_url)))
         return self._write(made)
 
     def release(self, prepared: Prepared) -> None:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monitor.records import Region, local_time
+
 # `kind` of an alert: the event kinds of the config, plus "test" (monitor test-alert).
 TEST_KIND = "test"
 
@@ -58,6 +60,8 @@ class Alert:
     `verdicts` holds the journal lines (Verdict.to_json()) of the anomalies it reports: one for a plain
     anomaly alert, several for a digest. `suppressed` summarises anomalies held back by the cooldown
     since the previous alert of the same source: {"count", "first", "last", "max_score"}.
+    `external_url` is the config's `http.external_url` when the alert was made (no trailing slash): where
+    people reach the daemon's review page, so each anomaly links to `<external_url>/verdicts/<verdict id>`.
     """
 
     id: str
@@ -70,6 +74,7 @@ class Alert:
     event: dict | None = None
     suppressed: dict | None = None
     host: str = field(default_factory=socket.gethostname)
+    external_url: str | None = None
 
     @staticmethod
     def new(seq: int, sink: str, kind: str, source: str, created: float, **kw: Any) -> Alert:
@@ -91,6 +96,7 @@ class Alert:
                 source=str(data["source"]), created=float(data["created"]),
                 verdicts=tuple(data.get("verdicts") or ()), event=data.get("event"),
                 suppressed=data.get("suppressed"), host=str(data.get("host", "")),
+                external_url=data.get("external_url") or None,  # absent in outbox files of older versions
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not an alert record: {exc!r}") from None
@@ -105,7 +111,7 @@ class Alert:
         suppressed = dict(self.suppressed or {}, count=count) if count else None
         return Alert(id=self.id, seq=self.seq, sink=self.sink, kind=self.kind, source=self.source,
                      created=self.created, verdicts=tuple(verdicts), event=self.event, suppressed=suppressed,
-                     host=self.host)
+                     host=self.host, external_url=self.external_url)
 
     # --- what the sinks show ---------------------------------------------------------------
     @property
@@ -132,6 +138,18 @@ class Alert:
                 return Path(verdict["evidence"])
         return None
 
+    def link(self, verdict: dict) -> str | None:
+        """The review page's detail view of one of this alert's verdicts, or None without `external_url`."""
+        if not self.external_url or not verdict.get("id"):
+            return None
+        return f"{self.external_url.rstrip('/')}/verdicts/{verdict['id']}"
+
+    @property
+    def url(self) -> str | None:
+        """The detail link of the most recent anomaly, or None (events, tests, no `external_url`)."""
+        latest = self.latest
+        return self.link(latest) if latest is not None else None
+
     @property
     def severity(self) -> str:
         return {"anomaly": "warning", "camera_lost": "warning"}.get(self.kind, "info")
@@ -155,15 +173,22 @@ class Alert:
 
     def lines(self) -> list[str]:
         """The short text body, one fact per line."""
-        out = [f"time: {iso(self.created)}", f"source: {self.source}", f"host: {self.host}"]
+        out = [f"time: {local_time(self.created)}", f"source: {self.source}", f"host: {self.host}"]
         if self.kind == "anomaly":
             shown = self.verdicts[-20:]
             for v in shown:
-                where = v.get("path") or "camera frame"
-                out.append(f"- {iso(v['time'])} score {v['score']:.6g} threshold {v['threshold']:.6g} "
-                           f"{where}")
+                what = v.get("path") or "camera frame"
+                # The part's own time (file arrival, camera capture): the one to find it by on the line.
+                when = local_time(v.get("frame_time") or v["time"])
+                out.append(f"- {when} score {v['score']:.6g} threshold {v['threshold']:.6g} {what}")
+                region = Region.from_json(v.get("region"))
+                if region is not None:
+                    out.append(f"  at {region.describe()}")
                 if v.get("evidence"):
                     out.append(f"  evidence: {v['evidence']}")
+                link = self.link(v)
+                if link:
+                    out.append(f"  review: {link}")
             if len(self.verdicts) > len(shown):
                 out.append(f"(and {len(self.verdicts) - len(shown)} earlier ones, see the journal)")
         elif self.event:
@@ -173,8 +198,8 @@ class Alert:
         if self.suppressed:
             s = self.suppressed
             out.append(
-                f"suppressed by cooldown: {s['count']} more anomalies between {iso(s['first'])} and "
-                f"{iso(s['last'])}, max score {s['max_score']:.6g} (all in the journal)"
+                f"suppressed by cooldown: {s['count']} more anomalies between {local_time(s['first'])} and "
+                f"{local_time(s['last'])}, max score {s['max_score']:.6g} (all in the journal)"
             )
         return out
 
@@ -189,10 +214,12 @@ class Alert:
             "source": self.source,
             "time": self.created,
             "time_iso": iso(self.created),
+            "time_local": local_time(self.created),
             "host": self.host,
             "severity": self.severity,
             "title": self.title(),
             "text": self.text(),
+            "url": self.url,
             "anomalies": list(self.verdicts),
             "event": self.event,
             "suppressed": self.suppressed,

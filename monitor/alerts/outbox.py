@@ -58,10 +58,12 @@ class VerdictRecord(_Part):
     """What the sinks read from a journal line (Verdict.to_json()); its other keys pass through."""
 
     time: Time
+    frame_time: Time | None = None  # shown in the texts as local time
     score: Number
     threshold: Number
     path: PathText | None = None
     evidence: PathText | None = None
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")  # part of the review link
 
 
 class EventRecord(_Part):
@@ -96,6 +98,7 @@ class OutboxRecord(BaseModel):
     event: EventRecord | None = None
     suppressed: SuppressedRecord | None = None
     host: str = ""
+    external_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
 
     @model_validator(mode="after")
     def _anomaly_has_content(self) -> OutboxRecord:
@@ -152,7 +155,7 @@ def parse_record(data: bytes, sink: str, filename: str) -> Alert:
     # The original dicts, not the models: strict validation changed nothing, and extra keys pass through.
     alert = Alert(id=record.id, seq=record.seq, sink=record.sink, kind=record.kind, source=record.source,
                   created=record.created, verdicts=tuple(value.get("verdicts") or ()), event=value.get("event"),
-                  suppressed=value.get("suppressed"), host=record.host)
+                  suppressed=value.get("suppressed"), host=record.host, external_url=record.external_url)
     if filename != Outbox.filename(alert):
         # remove() and expire() find the file by this name: a mismatch would deliver it again at every start.
         raise BadRecord(f"file name does not match the record (expected {Outbox.filename(alert)})")

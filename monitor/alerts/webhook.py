@@ -9,10 +9,13 @@ from monitor.alerts.config import WebhookSinkConfig
 from monitor.alerts.events import Alert, SinkError, http_error
 
 _COLOURS = {"warning": "#d70000", "info": "#2e7d32"}
+# The words of the link to an anomaly's detail view: the text body shows the URL too, inside a code block
+# where chat services do not make it clickable.
+LINK_TEXT = "Open on the review page"
 
 
 def slack_payload(alert: Alert, username: str | None = None) -> dict:
-    """Slack incoming-webhook message: a text fallback plus a header and a section block."""
+    """Slack incoming-webhook message: a text fallback plus a header and a section block (and a link)."""
     body: dict = {
         "text": alert.title(),
         "blocks": [
@@ -20,6 +23,8 @@ def slack_payload(alert: Alert, username: str | None = None) -> dict:
             {"type": "section", "text": {"type": "mrkdwn", "text": "```" + alert.text()[:2900] + "```"}},
         ],
     }
+    if alert.url:
+        body["blocks"].append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{alert.url}|{LINK_TEXT}>"}})
     if username:
         body["username"] = username
     return body
@@ -28,6 +33,8 @@ def slack_payload(alert: Alert, username: str | None = None) -> dict:
 def mattermost_payload(alert: Alert, username: str | None = None, channel: str | None = None) -> dict:
     """Mattermost incoming-webhook message (markdown text)."""
     body: dict = {"text": f"#### {alert.title()}\n```\n{alert.text()}\n```"}
+    if alert.url:
+        body["text"] += f"\n[{LINK_TEXT}]({alert.url})"
     if username:
         body["username"] = username
     if channel:
@@ -51,6 +58,8 @@ def teams_payload(alert: Alert) -> dict:
         ] + ([{"type": "TextBlock", "wrap": True, "fontType": "Monospace", "text": "\n\n".join(details)}]
              if details else []),
     }
+    if alert.url:
+        card["actions"] = [{"type": "Action.OpenUrl", "title": LINK_TEXT, "url": alert.url}]
     return {
         "type": "message",
         "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}],
