@@ -171,3 +171,30 @@ def test_the_overview_lists_the_sources(served, browser):
     assert set(rows) == {"line1", "line2"}
     assert "running" in rows["line1"]
     screenshot(browser, "overview.png")
+
+
+def test_the_whatif_panel_answers_a_setting_with_its_figures_and_the_verdicts_that_flip(served, browser):
+    from selenium.webdriver.common.by import By
+
+    for _ in range(4):
+        served.drop("line1", anomalous=False)
+    served.drop("line1", anomalous=True)
+    browser.get(f"{served.url}/")
+    browser.find_element(By.ID, "nav-whatif").click()
+    wait_until(lambda: browser.current_url.endswith("/whatif"), 10)
+    assert browser.find_elements(By.ID, "whatif-figures") == []  # nothing replayed until asked
+    browser.find_element(By.NAME, "quantile").send_keys("0.5")  # low: normal verdicts would be alerts
+    browser.find_element(By.ID, "whatif-run").click()
+    table = wait_until(lambda: browser.find_elements(By.ID, "whatif-figures"), 30)[0]
+    rows = {(r.get_attribute("data-source"), r.get_attribute("data-row"))
+            for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")}
+    assert {("line1", "recorded"), ("line1", "what-if"), ("all", "what-if")} <= rows
+    assert "quantile=0.5" in browser.current_url
+    flips = browser.find_elements(By.CSS_SELECTOR, "#whatif-flips tbody tr[data-id] a")
+    assert flips, "a quantile of 0.5 flips some normal verdicts"
+    # Without a config file there is nothing to write: the panel says so instead of offering to.
+    assert not browser.find_element(By.ID, "apply-threshold").is_enabled()
+    screenshot(browser, "whatif.png")
+    flips[0].click()
+    wait_until(lambda: "/verdicts/" in browser.current_url, 10)
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("Normal")
