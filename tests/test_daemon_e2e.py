@@ -116,8 +116,10 @@ def test_each_anomaly_has_a_side_by_side_evidence_image(delivered):
     for v in anomalies:
         image = cv2.imread(v["evidence"])
         assert image is not None
-        assert image.shape[1] > 3 * image.shape[0] // 2  # three panels side by side
-    assert all(v["evidence"] is None for v in delivered if not v["anomaly"])
+        assert image.shape[1] > 3 * image.shape[0] // 2  # four panels side by side
+        region = v["region"]  # where on the part, in the file's pixels
+        assert region["x"] + region["w"] <= 512 and region["y"] + region["h"] <= 512 and region["w"] > 0
+    assert all(v["evidence"] is None and "region" not in v for v in delivered if not v["anomaly"])
 
 
 def test_metrics_scrape_counts_what_the_journal_says(delivered, daemon):

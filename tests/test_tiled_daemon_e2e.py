@@ -15,7 +15,7 @@ from daemon_proc import DaemonProcess, free_port
 from imagegen import normal_image, write_images
 
 from monitor.cli import main
-from monitor.evidence import HEADER_HEIGHT
+from monitor.evidence import GAP, HEADER_HEIGHT
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,17 @@ def test_the_evidence_shows_the_whole_image(journal: dict[str, dict]) -> None:
     assert anomalies
     for v in anomalies:
         image = cv2.imread(v["evidence"])
-        # Three panels of the whole 256x256 image at working resolution, not one 32x32 tile.
-        assert image.shape[:2] == (HEADER_HEIGHT + LARGE_SIZE, 3 * LARGE_SIZE + 8)
+        # Four panels of the whole 256x256 image at working resolution, not one 32x32 tile.
+        assert image.shape[:2] == (HEADER_HEIGHT + LARGE_SIZE, 4 * LARGE_SIZE + 3 * GAP)
+
+
+def test_the_journal_says_where_each_defect_is_in_image_pixels(journal: dict[str, dict]) -> None:
+    for i in range(3):
+        region = journal[f"bad{i:04d}.png"]["region"]
+        y, x = 60 + 50 * i, 200 - 70 * i  # the 4x4 defect's corner (see `labelled`)
+        assert region["x"] <= x + 2 and region["x"] + region["w"] >= x + 2
+        assert region["y"] <= y + 2 and region["y"] + region["h"] >= y + 2
+        assert region["w"] <= 12 and region["h"] <= 12  # the speck, not the tile around it
 
 
 def test_monitor_score_gives_the_journal_scores(journal, tiled_bundle, labelled, capsys) -> None:  # noqa: ANN001
