@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor import labels as labelling
+from monitor.records import Region
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ MAX_NORMALS = 50_000
 COUNT_WINDOW_S = 8 * 3600  # the longest span the overview counts (a shift)
 BUCKET_S = 60
 READ_CHUNK = 1 << 20
+
+
+def _region(value: Any) -> tuple[int, int, int, int] | None:
+    region = Region.from_json(value)
+    return None if region is None else (region.x, region.y, region.w, region.h)
 
 
 @dataclass(slots=True)
@@ -55,6 +61,7 @@ class Entry:
     model: str | None
     model_id: str | None
     file: tuple[str, int, int] | None
+    region: tuple[int, int, int, int] | None = None  # x, y, w, h of the hottest region (anomalies)
 
     def record(self) -> dict[str, Any]:
         """The verdict's journal line (the same keys, in the journal's order)."""
@@ -64,6 +71,8 @@ class Entry:
         if self.model is not None:
             out["model"] = self.model
             out["model_id"] = self.model_id
+        if self.region is not None:
+            out["region"] = dict(zip(("x", "y", "w", "h"), self.region, strict=True))
         if self.file is not None:
             out["file"] = {"name": self.file[0], "size": self.file[1], "mtime_ns": self.file[2]}
         return out
@@ -240,7 +249,8 @@ class JournalIndex:
         entry = Entry(seq=self._seq, id=sys.intern(record["id"]), time=when, frame_time=_num(record.get("frame_time")),
                       source=source, path=record.get("path") if isinstance(record.get("path"), str) else None,
                       score=score, threshold=threshold, anomaly=anomaly, evidence=_str(record.get("evidence")),
-                      model=_str(record.get("model")), model_id=_str(record.get("model_id")), file=file_key)
+                      model=_str(record.get("model")), model_id=_str(record.get("model_id")), file=file_key,
+                      region=_region(record.get("region")))
         self._count(entry)
         if anomaly:
             self._anomalies[entry.id] = entry

@@ -305,7 +305,11 @@ class CameraSource(PausableSource):
                 metrics.ERRORS.labels("camera").inc()
                 self._roi_warned = True
             return False
-        self._queue.put_latest(Frame(source=self.name, image=region, frame_time=time.time(), path=None))
+        # With an ROI the evidence shows the whole frame with the ROI marked: one extra frame per camera waits in
+        # the queue (latest wins), never more.
+        full = image if self.config.roi is not None else None
+        self._queue.put_latest(Frame(source=self.name, image=region, frame_time=time.time(), path=None,
+                                     full_frame=full))
         now = time.monotonic()
         self._last_frame = now
         self.frames_read += 1
