@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
+# pytest-xdist workers; a test file runs whole on one worker (its module fixtures, a daemon, are shared).
+# PYTEST_WORKERS= (empty) runs the suite in one process.
+PYTEST_WORKERS ?= -n 3 --dist loadfile
 SOAK_SECONDS ?= 3600
 
 .PHONY: install system-deps run test lint model benchmarks soak clean install-service
@@ -29,7 +32,7 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collected no test: that is a failure of the suite, never a pass.
 test: $(STAMP) system-deps lint
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 # Remake the shipped default model from data that ships inside scikit-image (see README).
