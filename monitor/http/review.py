@@ -87,6 +87,29 @@ class Access:
         return JSONResponse({"error": "missing or wrong API token (Authorization: Bearer <token>)"}, 401,
                             headers={"WWW-Authenticate": 'Bearer realm="anomaly-monitor"'})
 
+    def needs_token(self, request: Request) -> bool:
+        """Whether a page should ask for the token: one is set and this request does not hold it."""
+        return self.token is not None and not self._holds_token(request)
+
+    async def form_post(self, request: Request, refused_event: str, max_fields: int,
+                        keep_blank_values: bool = False) -> tuple[str, dict[str, list[str]]] | Response:
+        """A page's form post, checked in order: same origin, allowed to write, small enough; then its fields.
+
+        (`by` of the journal line, the parsed fields), or the refusal to send. Cross-site first: a foreign page
+        learns nothing, not even whether what it names exists.
+        """
+        if not same_origin(request):
+            log.warning("%s reason=cross_origin origin=%r", refused_event, request.headers.get("origin"))
+            return JSONResponse({"error": "cross-origin form post refused"}, 403)
+        by, refused = self.who_labels(request)
+        if refused is not None:
+            return refused
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            return JSONResponse({"error": "form too large"}, 413)
+        return by or "", parse_qs(body.decode("utf-8", "replace"), keep_blank_values=keep_blank_values,
+                                  max_num_fields=max_fields)
+
     def who_labels(self, request: Request) -> tuple[str | None, Response | None]:
         """(`by` of the label line, None) when the request may label, else (None, the refusal)."""
         if self.token is None:
@@ -422,26 +445,19 @@ class Review:
                    else [(labelling.MISSED_DEFECT, "Missed defect")])
         return self._render("verdict.html", page="verdict", entry=entry, label=label, choices=choices,
                             record=json.dumps(entry.record(), indent=2), saved=request.query_params.get("saved"),
-                            needs_token=self.access.token is not None and not self.access._holds_token(request),
+                            needs_token=self.access.needs_token(request),
                             max_note=labelling.MAX_NOTE_CHARS)
 
     async def label_form(self, request: Request) -> Response:
-        # Cross-site first: a foreign page learns nothing, not even whether the verdict exists.
-        if not same_origin(request):
-            log.warning("label_refused reason=cross_origin origin=%r", request.headers.get("origin"))
-            return JSONResponse({"error": "cross-origin form post refused"}, 403)
-        by, refused = self.access.who_labels(request)
-        if refused is not None:
-            return refused
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            return JSONResponse({"error": "form too large"}, 413)
-        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=8)
+        checked = await self.access.form_post(request, "label_refused", max_fields=8, keep_blank_values=True)
+        if isinstance(checked, Response):
+            return checked
+        by, form = checked
         vid = request.path_params["vid"]
         from starlette.concurrency import run_in_threadpool
 
         _record, refused = await run_in_threadpool(self.label, vid, (form.get("label") or [None])[0],
-                                                   (form.get("note") or [""])[0], by or "")
+                                                   (form.get("note") or [""])[0], by)
         if refused is not None:
             return refused
         return RedirectResponse(f"/verdicts/{vid}?saved=1", 303)

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -356,7 +355,7 @@ class WhatIf:
             changes = changes_from_json(data)
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, 400)
-        status, answer = await run_in_threadpool(self.apply, changes, by or "")
+        status, answer = await run_in_threadpool(self.apply, changes, by)
         return JSONResponse(answer, status)
 
     # --- the panel -----------------------------------------------------------------------------------
@@ -390,27 +389,22 @@ class WhatIf:
             changed=(result.changed[:query.limit] if result is not None else []), error=error,
             config=self.controller.threshold_settings(), applied=applied, last=self.last_applied,
             apply_fields={k: _form_value(v) for k, v in query.changes.items() if v is not None},
-            needs_token=self.access.token is not None and not self.access._holds_token(request),
+            needs_token=self.access.needs_token(request),
             can_apply=self.controller.config_path() is not None)
 
     async def apply_form(self, request: Request) -> Response:
-        # Cross-site first: a foreign page must not change the line's threshold through a browser.
-        if not same_origin(request):
-            log.warning("threshold_refused reason=cross_origin origin=%r", request.headers.get("origin"))
-            return JSONResponse({"error": "cross-origin form post refused"}, 403)
-        by, refused = self.access.who_labels(request)
-        if refused is not None:
-            return refused
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            return JSONResponse({"error": "form too large"}, 413)
-        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), max_num_fields=16).items()}
+        # A foreign page must not change the line's threshold through a browser.
+        checked = await self.access.form_post(request, "threshold_refused", max_fields=16)
+        if isinstance(checked, Response):
+            return checked
+        by, fields = checked
+        form = {k: v[0] for k, v in fields.items()}
         try:
             changes = changes_from_text(form)
         except BadRequest as exc:
             status, answer = 400, {"error": str(exc)}
         else:
-            status, answer = await run_in_threadpool(self.apply, changes, by or "")
+            status, answer = await run_in_threadpool(self.apply, changes, by)
         if "error" in answer:
             return await self._page(request, WhatIfQuery(changes={}), None, None, answer["error"], status)
         return RedirectResponse("/whatif?applied=1", 303)
