@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from daemon_proc import DaemonProcess, free_port, wait_until
 from imagegen import anomalous_image, normal_image, write_images
+from reload_util import metric as metric_value
+from reload_util import scrape
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
@@ -33,20 +35,6 @@ def daemon_config(bundle: Path, **extra) -> dict:
     return config
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return resp.read().decode()
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        if key == (f"{name}{{{want}}}" if labels else name):
-            return float(value)
-    raise KeyError(f"{name} {labels} not in the scrape")
 
 
 @pytest.fixture(scope="module")
