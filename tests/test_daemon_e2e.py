@@ -183,8 +183,14 @@ def test_a_bad_image_is_quarantined_and_the_daemon_goes_on(delivered, daemon, sa
     reason_files = wait_until(
         lambda: list((daemon.workdir / "var/quarantine/line1").glob("*broken.png.reason.txt")), timeout=10)
     assert "reason: truncated" in reason_files[0].read_text()
-    text = scrape(daemon.config["metrics"]["port"])
-    assert metric_value(text, "anomaly_monitor_files_quarantined_total", source="line1", reason="truncated") == 1
+    # The counter is raised after the move, so it may trail the reason file by a moment.
+    def quarantined() -> float:
+        text = scrape(daemon.config["metrics"]["port"])
+        try:
+            return metric_value(text, "anomaly_monitor_files_quarantined_total", source="line1", reason="truncated")
+        except KeyError:
+            return 0.0
+    assert wait_until(quarantined, timeout=10) == 1
 
 
 # --- lifecycle: each test below runs its own daemon ------------------------------------------------
