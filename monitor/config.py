@@ -50,6 +50,9 @@ class FolderSourceConfig(StrictModel):
     max_decoded_bytes: int = Field(default=MAX_DECODED_BYTES, gt=0)
     # True: the source starts paused (nothing read, the backlog waits) until `POST /api/sources/NAME/resume`.
     paused: bool = False
+    # Fraction of this source's normal verdicts whose input is kept in `output.originals`; None: the
+    # `originals.normal_rate` of the config.
+    keep_normal_rate: float | None = Field(default=None, ge=0, le=1)
     # What happens to a file once its verdict is durable in the journal (monitor/sources/sorting.py).
     after_scoring: Literal["keep", "move", "delete"] = "keep"
     # `move`: <sorted_folder>/ok|ng/YYYY-MM-DD/<path in the watched folder>; None: <output.state>/../sorted/<name>.
@@ -79,6 +82,7 @@ class CameraSourceConfig(StrictModel):
     backoff_max_s: float = Field(default=30.0, gt=0)
     lost_after_s: float = Field(default=30.0, ge=0)  # grace period before "camera lost"
     paused: bool = False  # True: the camera starts paused (not opened) until resumed through the API
+    keep_normal_rate: float | None = Field(default=None, ge=0, le=1)  # as a folder source's
 
     @field_validator("roi")
     @classmethod
@@ -139,6 +143,21 @@ class OutputConfig(StrictModel):
     evidence_max_bytes: int = Field(default=1024 * 2**20, ge=0)
     quarantine: Path = Path("var/quarantine")
     state: Path = Path("var/state")  # ledger of scored files, alert outbox
+    originals: Path = Path("var/originals")  # kept inputs (see `originals:`)
+
+
+class OriginalsConfig(StrictModel):
+    """Which inputs are kept at full resolution in `output.originals`, for review and retraining.
+
+    Reloadable: a reload applies new rates and limits to the next batch and the next retention pass.
+    """
+
+    anomalies: bool = True  # keep the input of every anomaly
+    # Fraction of normal verdicts whose input is kept (a random sample); a source's `keep_normal_rate` wins.
+    normal_rate: float = Field(default=0.0, ge=0, le=1)
+    # Retention, checked once a minute: older files go, then the oldest beyond the byte limit.
+    max_age_days: float | None = Field(default=30.0, gt=0)
+    max_bytes: int | None = Field(default=10 * 2**30, gt=0)
 
 
 class MetricsConfig(StrictModel):
@@ -203,6 +222,7 @@ class Config(StrictModel):
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
     alerts: AlertsConfig = AlertsConfig()
+    originals: OriginalsConfig = OriginalsConfig()
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> Config:
@@ -230,7 +250,7 @@ class Config(StrictModel):
 NAME_MAX = 255
 PATH_MAX = 4096
 
-OUTPUT_KEYS = ("journal", "evidence", "quarantine", "state")
+OUTPUT_KEYS = ("journal", "evidence", "quarantine", "state", "originals")
 
 
 def _printable(text: str) -> str:
@@ -332,8 +352,22 @@ def parse_config(data: Any, path: Path) -> Config:
     _resolve_alert_paths(config, base, path)
     _check_models_known(config, path)
     _check_folders_apart(config, path)
+    _check_outputs_unwatched(config, path)
     _check_sorted_folders(config, path)
     return config
+
+
+def _check_outputs_unwatched(config: Config, path: Path) -> None:
+    """ConfigError naming `output.KEY` when a folder the daemon writes images into lies in a watched folder:
+    each kept original, evidence picture or quarantined file would be scored again (and an anomaly's copy
+    would be kept, and scored, without end)."""
+    for key in ("originals", "evidence", "quarantine"):
+        mine = _real(getattr(config.output, key))
+        for source in config.folder_sources:
+            watched = _real(source.folder)
+            if mine == watched or (mine.is_relative_to(watched) and source.recursive):
+                raise ConfigError(f"{path}: output.{key}: {mine} is inside the folder {watched} that source "
+                                  f"{source.name!r} watches: its files would be scored again")
 
 
 def sorted_folder_of(source: FolderSourceConfig, state: Path) -> Path:
@@ -356,7 +390,8 @@ def _check_sorted_folders(config: Config, path: Path) -> None:
     and delete the other's files)."""
     others: list[tuple[str, Path]] = [(f"the folder source {s.name!r} watches", _real(s.folder))
                                       for s in config.folder_sources]
-    others += [(f"output.{key}", _real(getattr(config.output, key))) for key in ("evidence", "quarantine", "state")]
+    others += [(f"output.{key}", _real(getattr(config.output, key)))
+               for key in ("evidence", "quarantine", "state", "originals")]
     seen: list[tuple[str, Path]] = []
     for i, source in enumerate(config.sources):
         if not isinstance(source, FolderSourceConfig) or source.after_scoring != "move":

@@ -25,8 +25,9 @@ from monitor.journal import Journal
 from monitor.model.bundle import Bundle, BundleError
 from monitor.model.scorer import ScoredBatch
 from monitor.modelset import LoadedModel, load_models
+from monitor.originals import OriginalStore
 from monitor.outputs import OutputGuard, OutputStopped
-from monitor.records import Frame, Region, SourceEvent, Verdict
+from monitor.records import Frame, Region, SourceEvent, Verdict, new_verdict_id
 from monitor.region import locate
 from monitor.sources.base import NotPausable
 from monitor.sources.quarantine import Quarantine
@@ -60,7 +61,8 @@ def remove_output_temps(config: Config) -> int:
     out = config.output
     watched = [Path(s.folder) for s in config.folder_sources]
     total = 0
-    for output, folder in (("evidence", out.evidence), ("quarantine", out.quarantine), ("state", out.state)):
+    for output, folder in (("evidence", out.evidence), ("quarantine", out.quarantine), ("state", out.state),
+                           ("originals", out.originals)):
         removed = remove_orphan_temps(Path(folder), exclude=watched)
         if removed:
             metrics.ORPHAN_TEMPS_REMOVED.labels(output).inc(removed)
@@ -210,6 +212,7 @@ class Daemon:
         remove_output_temps(config)
         self.evidence = EvidenceStore(out.evidence, out.evidence_max_files, out.evidence_max_bytes)
         self.quarantine = Quarantine(out.quarantine, self.outputs)
+        self.originals = OriginalStore(out.originals, config, self.outputs)
         self.context = SourceContext(queue=self.queue, quarantine=self.quarantine, state=out.state,
                                      journal=out.journal, on_event=self.on_event)
         self.sources = SourceSupervisor.from_config(config, self.context)
@@ -270,6 +273,7 @@ class Daemon:
             alerts.start()
             self.pipeline = dataclasses.replace(self.pipeline, alerts=alerts)
         self._scorer.start()
+        self.originals.start()
         self.sources.start()
         detail = " ".join(f"model={m.name} model_id={m.identity} {m.bundle.describe()}"
                           for m in self.pipeline.models.values())
@@ -337,6 +341,8 @@ class Daemon:
             self.alerts.stop(JOIN_TIMEOUT_S)
         self.journal.close()
         self.sources.close()
+        self.originals.stop()
+        self.originals.join(JOIN_TIMEOUT_S)
         if self.http is not None:  # last: /metrics and /-/ready (503 now) answer until the end
             self.http.stop()
             self.http.join(JOIN_TIMEOUT_S)
@@ -456,6 +462,7 @@ class Daemon:
             except NotPausable as exc:  # e.g. a source that is no longer pausable after its change
                 log.warning("pause_not_kept source=%s reason=%r", name, str(exc))
         apply_log_level(new_config.logging.level)
+        self.originals.configure(new_config)
         self.outputs.ok_status = ok_status(new_config)
         self._publish_pipeline_metrics(self.pipeline, old)
         swapped = sorted(n for n, m in models.items() if n not in old.models or old.models[n] is not m)
@@ -643,10 +650,12 @@ class Daemon:
                     boxes = self._locate(frame, scored, i, roi)
                     region = boxes[1] if boxes is not None else None
                     evidence = self._write_evidence(frame, scored, i, score, threshold, boxes, roi)
+                verdict_id = new_verdict_id()
+                original = self.originals.keep(frame, verdict_id, anomaly)
                 verdict = Verdict(source=frame.source, frame_time=frame.frame_time, scored_at=time.time(),
                                   score=score, threshold=threshold, anomaly=anomaly, path=frame.path,
                                   evidence=evidence, file_key=frame.file_key, model=model.name,
-                                  model_id=model.identity, region=region)
+                                  model_id=model.identity, region=region, original=original, id=verdict_id)
                 if anomaly and alerts is not None:
                     # On disk before the journal line, released after the journal's fsync (prepare_verdict).
                     prepared.extend(alerts.prepare_verdict(verdict, external_url))

@@ -232,6 +232,20 @@ SORTED_BYTES = Gauge(
     registry=REGISTRY,
 )
 
+# --- kept originals (issue 13) -------------------------------------------------------------------
+ORIGINALS_KEPT = Counter(
+    _name("originals_kept"),
+    "Inputs kept at full resolution in output.originals, by source and kind (anomaly, normal: the sample).",
+    ["source", "kind"], registry=REGISTRY,
+)
+ORIGINALS_REMOVED = Counter(
+    _name("originals_removed"), "Kept originals removed by retention, by reason (age, bytes).", ["reason"],
+    registry=REGISTRY,
+)
+ORIGINALS_BYTES = Gauge(
+    _name("originals_bytes"), "Bytes in output.originals after the last retention check.", registry=REGISTRY,
+)
+
 # --- review: operator labels (issue 13) --------------------------------------------------------
 LABELS_TOTAL = Counter(_name("labels"), "Operator labels written to the journal, by source and label.",
                        ["source", "label"], registry=REGISTRY)

@@ -8,7 +8,8 @@ One outcome per kind of output, the same for every error:
   do whenever the queue is full); a folder source holding a file to quarantine reads nothing else meanwhile.
   On stop, the held work is given up unacknowledged (`OutputStopped`): a folder file is scored again at the
   next start, since its version is not in the ledger.
-- **evidence** (the verdict matters more than its picture): the verdict goes on without an evidence image.
+- **evidence, originals** (the verdict matters more than its picture or its kept input): the verdict goes on
+  without an evidence image, or without a kept copy of its input.
 - **ledger, outbox**: handled where they are written (a ledger is a cache of the journal; an outbox write that
   fails is logged by the alert worker).
 
@@ -37,8 +38,8 @@ T = TypeVar("T")
 
 # Bounded label values of the output metrics; the guard reports the first three, the ledger and the outbox
 # count their refused writes where they are written.
-OUTPUTS = ("journal", "quarantine", "evidence", "ledger", "outbox")
-GUARDED = OUTPUTS[:3]
+OUTPUTS = ("journal", "quarantine", "evidence", "originals", "ledger", "outbox")
+GUARDED = OUTPUTS[:4]
 
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 10.0

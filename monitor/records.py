@@ -32,6 +32,9 @@ class Frame:
     # A camera with an `roi`: the whole frame the crop in `image` came from, so the evidence can show where
     # the ROI sits on the part. None for files and for cameras without an ROI.
     full_frame: np.ndarray | None = None
+    # A folder file's bytes as read: a kept original is exactly the file that was scored, even when the
+    # camera PC overwrites it a moment later. None for camera frames.
+    data: bytes | None = field(default=None, repr=False)
     enqueued: float = field(default_factory=time.monotonic)  # monotonic, for max-wait and latency
 
     @property
@@ -103,6 +106,8 @@ class Verdict:
     # Anomalies: the hottest region of the error map in the pixels of the image the source delivered (a
     # file; a camera's whole frame, ROI offset included). See monitor.region.
     region: Region | None = None
+    # The kept full-resolution copy of the input (output.originals), when the config kept this one.
+    original: Path | None = None
     # What a label, an alert's link and the review page name this verdict by: random, so two daemons, a
     # restart or a replayed journal never reuse one.
     id: str = field(default_factory=new_verdict_id)
@@ -122,6 +127,8 @@ class Verdict:
         }
         if self.region is not None:
             record["region"] = self.region.to_json()
+        if self.original is not None:
+            record["original"] = str(self.original)
         if self.model is not None:
             record["model"] = self.model
             record["model_id"] = self.model_id

@@ -162,6 +162,38 @@ def test_evidence_a_journal_line_places_outside_the_evidence_folder_is_not_serve
         assert requests.get(f"{served.url}/evidence/{vid}", timeout=10).status_code == 404
 
 
+def test_a_flagged_file_is_kept_whole_and_served_by_its_verdict_id(served):
+    record = served.drop("line1", anomalous=True)
+    sent = (served.daemon.config.source("line1").folder / Path(record["path"]).name).read_bytes()
+    kept = Path(record["original"])
+    assert kept.name == f"{record['id']}.png" and kept.parent.parent.name == "line1"
+    assert kept.is_relative_to(served.daemon.config.output.originals)
+    item = requests.get(f"{served.url}/api/verdicts/{record['id']}", timeout=10).json()
+    assert item["original_url"] == f"/originals/{record['id']}"
+    response = requests.get(served.url + item["original_url"], timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content == sent  # byte for byte what was scored, not a re-encoding
+
+
+def test_a_normal_verdict_keeps_no_original_by_default(served):
+    record = served.drop("line2", anomalous=False)
+    assert "original" not in record
+    assert requests.get(f"{served.url}/originals/{record['id']}", timeout=10).status_code == 404
+
+
+def test_an_original_a_journal_line_places_outside_the_originals_folder_is_not_served(served, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for the page")
+    originals = served.daemon.config.output.originals
+    record = dict(served.drop("line1", anomalous=True), id="c" * 32, original=str(secret))
+    sneaky = dict(record, id="d" * 32, original=str(originals / ".." / secret.name))
+    served.daemon.journal.append(record)
+    served.daemon.journal.append(sneaky)
+    for vid in ("c" * 32, "d" * 32):
+        assert requests.get(f"{served.url}/api/verdicts/{vid}", timeout=10).status_code == 200
+        assert requests.get(f"{served.url}/originals/{vid}", timeout=10).status_code == 404
+
+
 # --- labelling -----------------------------------------------------------------------------------
 
 def post_label(served: Served, vid: str, body: dict, **kw) -> requests.Response:

@@ -97,6 +97,8 @@ def test_a_click_on_false_alarm_lands_in_the_journal_as_a_label_line(served, bro
     wait_until(lambda: browser.current_url.endswith(f"/verdicts/{record['id']}"), 10)
     evidence = browser.find_element(By.ID, "evidence")
     wait_until(lambda: image_loaded(browser, evidence), 10)
+    original = browser.find_element(By.ID, "original")  # the kept input, at full size, beside the evidence
+    wait_until(lambda: image_loaded(browser, original), 10)
     assert record["id"] in browser.find_element(By.ID, "record").text
     assert browser.find_elements(By.ID, "label-missed_defect") == []  # an anomaly: defect or false alarm
     browser.find_element(By.NAME, "note").send_keys("reflection on the housing")

@@ -48,7 +48,10 @@ class Controller(Protocol):
         """The journal file (`output.journal`); its rotated files lie beside it."""
 
     def evidence_folder(self) -> Path:
-        """The evidence folder (`output.evidence`): the only folder the server serves images from."""
+        """The evidence folder (`output.evidence`): the server serves images from it and `originals_folder`."""
+
+    def originals_folder(self) -> Path:
+        """The kept originals' folder (`output.originals`)."""
 
     def append_journal(self, record: dict[str, Any]) -> None:
         """Append `record` to the daemon's journal and fsync it. OSError when the disk refuses: the record
@@ -193,6 +196,9 @@ class DaemonController:
 
     def evidence_folder(self) -> Path:
         return Path(self.daemon.config.output.evidence)
+
+    def originals_folder(self) -> Path:
+        return Path(self.daemon.config.output.originals)
 
     def threshold_settings(self) -> ThresholdConfig:
         config, _, _ = self._current()

@@ -62,6 +62,7 @@ class Entry:
     model_id: str | None
     file: tuple[str, int, int] | None
     region: tuple[int, int, int, int] | None = None  # x, y, w, h of the hottest region (anomalies)
+    original: str | None = None  # the kept copy of the input (output.originals), when one was kept
 
     def record(self) -> dict[str, Any]:
         """The verdict's journal line (the same keys, in the journal's order)."""
@@ -73,6 +74,8 @@ class Entry:
             out["model_id"] = self.model_id
         if self.region is not None:
             out["region"] = dict(zip(("x", "y", "w", "h"), self.region, strict=True))
+        if self.original is not None:
+            out["original"] = self.original
         if self.file is not None:
             out["file"] = {"name": self.file[0], "size": self.file[1], "mtime_ns": self.file[2]}
         return out
@@ -250,7 +253,7 @@ class JournalIndex:
                       source=source, path=record.get("path") if isinstance(record.get("path"), str) else None,
                       score=score, threshold=threshold, anomaly=anomaly, evidence=_str(record.get("evidence")),
                       model=_str(record.get("model")), model_id=_str(record.get("model_id")), file=file_key,
-                      region=_region(record.get("region")))
+                      region=_region(record.get("region")), original=_str(record.get("original")))
         self._count(entry)
         if anomaly:
             self._anomalies[entry.id] = entry

@@ -4,9 +4,10 @@ Pages are rendered on the server from the package's Jinja2 templates (`templates
 script file (`static/`): no CDN, no build step, and every page works without the script.
 
 Who may do what:
-- Reading (pages, `/api/anomalies`, `/api/verdicts/ID`, `/evidence/ID`) is open, unless the server is built
-  with `read_token_required`: then it takes the API token, as `Authorization: Bearer` or as the session cookie
-  that `/login` sets after the token is typed in once (a browser cannot send a header with an `<img>`).
+- Reading (pages, `/api/anomalies`, `/api/verdicts/ID`, `/evidence/ID`, `/originals/ID`) is open, unless the
+  server is built with `read_token_required`: then it takes the API token, as `Authorization: Bearer` or as the
+  session cookie that `/login` sets after the token is typed in once (a browser cannot send a header with an
+  `<img>`).
 - Labelling follows the write rules of every POST (`app.WritePolicy`): open on loopback without a token,
   the token whenever one is set, refused beyond loopback without one. The page's form may prove the token with
   the session cookie.
@@ -14,7 +15,7 @@ Who may do what:
   server; the JSON API takes only `application/json` (which a foreign page cannot send without a CORS preflight
   this server never grants), and refuses a foreign Origin too.
 - A request names a verdict by its id (32 hex digits) and nothing else; the evidence served is the file the
-  journal's record names, and only when it lies inside `output.evidence`.
+  journal's record names, and only when it lies inside `output.evidence` (a kept original: `output.originals`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hmac
 import json
 import logging
 import math
+import mimetypes
 import os
 import time
 from datetime import datetime
@@ -126,7 +128,7 @@ class Access:
 
 
 def _wants_html(request: Request) -> bool:
-    return not request.url.path.startswith(("/api/", "/evidence/"))
+    return not request.url.path.startswith(("/api/", "/evidence/", "/originals/"))
 
 
 def _local_next(request: Request) -> str:
@@ -220,10 +222,14 @@ def evidence_url(entry: Entry) -> str | None:
     return f"/evidence/{entry.id}" if entry.evidence else None
 
 
+def original_url(entry: Entry) -> str | None:
+    return f"/originals/{entry.id}" if entry.original else None
+
+
 def verdict_json(entry: Entry, label: Label | None) -> dict[str, Any]:
     """A verdict as the API answers it: id, the journal record, its latest label, the URLs to see it."""
     return {"id": entry.id, "record": entry.record(), "label": label.as_dict() if label else None,
-            "evidence_url": evidence_url(entry), "url": f"/verdicts/{entry.id}"}
+            "evidence_url": evidence_url(entry), "original_url": original_url(entry), "url": f"/verdicts/{entry.id}"}
 
 
 def _fmt_time(value: float | None) -> str:
@@ -275,6 +281,7 @@ class Review:
             Route("/api/verdicts/{vid}", self.api_verdict, methods=["GET"]),
             Route("/api/verdicts/{vid}/label", self.api_label, methods=["POST"]),
             Route("/evidence/{vid}", self.evidence, methods=["GET"]),
+            Route("/originals/{vid}", self.original, methods=["GET"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
@@ -371,19 +378,30 @@ class Review:
         return JSONResponse({"verdict": vid, "label": record})
 
     def evidence(self, request: Request) -> Response:
+        return self._serve(request, "evidence", self.controller.evidence_folder())
+
+    def original(self, request: Request) -> Response:
+        return self._serve(request, "original", self.controller.originals_folder())
+
+    def _serve(self, request: Request, what: str, folder_path: Path) -> Response:
+        """The verdict's evidence or kept original, by verdict id, only from inside its folder."""
         refused = self.access.can_read(request)
         if refused is not None:
             return refused
         found = self._lookup(request.path_params["vid"])
-        missing = JSONResponse({"error": "no evidence for this verdict"}, 404)
-        if found is None or not found[0].evidence:
+        missing = JSONResponse({"error": f"no {what} for this verdict"}, 404)
+        named = getattr(found[0], what) if found is not None else None
+        if not named:
             return missing
-        folder = os.path.realpath(self.controller.evidence_folder())
-        path = os.path.realpath(found[0].evidence)
-        # The journal is ours, but a hand-edited line must not make this server read outside the evidence.
+        folder = os.path.realpath(folder_path)
+        path = os.path.realpath(named)
+        # The journal is ours, but a hand-edited line must not make this server read outside its folder.
         if os.path.commonpath([folder, path]) != folder or path == folder or not os.path.isfile(path):
             return missing
-        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        # nosniff: a kept file is served as what its name says, never sniffed into HTML by a browser.
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600",
+                                                             "X-Content-Type-Options": "nosniff"})
 
     # --- pages -----------------------------------------------------------------------------------------
     def overview(self, request: Request) -> Response:

@@ -532,7 +532,8 @@ class FolderSource(PausableSource):
         with self._lock:
             self._pending.pop(path, None)
             self._inflight[path] = key
-        frame = Frame(source=self.name, image=image, frame_time=cand.first_seen, path=path, file_key=key)
+        frame = Frame(source=self.name, image=image, frame_time=cand.first_seen, path=path, file_key=key,
+                      data=data)
         try:
             self.queue.put(frame)  # blocks while the queue is full: back-pressure, never a drop
         except QueueClosed:

@@ -34,6 +34,7 @@ from monitor import metrics
 from monitor.config import FolderSourceConfig
 from monitor.files import describe, errno_name, move_file
 from monitor.records import FileKey
+from monitor.retention import prune_tree
 from monitor.sources.ledger import Ledger
 from monitor.threads import StoppableThread
 
@@ -179,48 +180,12 @@ class Sorter:
     def prune(self) -> tuple[int, int]:
         """Remove sorted files beyond the age and the byte limit, oldest first, and empty day folders;
         returns (removed for age, removed for bytes)."""
-        files: list[tuple[float, int, str]] = []
-        for dirpath, _dirs, names in os.walk(self.root, followlinks=False):
-            for name in names:
-                path = os.path.join(dirpath, name)
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    files.append((st.st_mtime, st.st_size, path))
-        files.sort()
-        total = sum(size for _, size, _ in files)
-        cutoff = time.time() - self.max_age_s if self.max_age_s else None
-        removed = {"age": 0, "bytes": 0}
-        for mtime, size, path in files:
-            reason = ("age" if cutoff is not None and mtime < cutoff
-                      else "bytes" if self.max_bytes is not None and total > self.max_bytes else None)
-            if reason is None:
-                break  # oldest first: every later file is newer, and the total only shrank
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("sorted_remove_failed source=%s path=%s error=%s", self.name, path, describe(exc))
-                continue
-            total -= size
-            removed[reason] += 1
-            metrics.SORTED_FILES_REMOVED.labels(self.name, reason).inc()
-        self._remove_empty_folders()
-        metrics.SORTED_BYTES.labels(self.name).set(total)
-        if removed["age"] or removed["bytes"]:
+        pruned = prune_tree(self.root, self.max_age_s, self.max_bytes, keep=(self.root / "ok", self.root / "ng"))
+        for reason, count in (("age", pruned.removed_age), ("bytes", pruned.removed_bytes)):
+            if count:
+                metrics.SORTED_FILES_REMOVED.labels(self.name, reason).inc(count)
+        metrics.SORTED_BYTES.labels(self.name).set(pruned.total_bytes)
+        if pruned.removed_age or pruned.removed_bytes:
             log.info("sorted_pruned source=%s removed_age=%d removed_bytes=%d bytes=%d", self.name,
-                     removed["age"], removed["bytes"], total)
-        return removed["age"], removed["bytes"]
-
-    def _remove_empty_folders(self) -> None:
-        keep = {os.path.join(self.root, "ok"), os.path.join(self.root, "ng"), str(self.root)}
-        # Bottom-up, so a day folder whose subfolders just went is empty in its turn; rmdir refuses the others.
-        for dirpath, _dirs, _names in os.walk(self.root, topdown=False, followlinks=False):
-            if dirpath not in keep:
-                try:
-                    os.rmdir(dirpath)
-                except OSError:  # not empty (the usual case), or no permission: left as it is
-                    continue
+                     pruned.removed_age, pruned.removed_bytes, pruned.total_bytes)
+        return pruned.removed_age, pruned.removed_bytes
