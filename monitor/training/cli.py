@@ -1,4 +1,4 @@
-"""The model's subcommands: train, score, info, evaluate (registered into `monitor`'s parser)."""
+"""The model's subcommands: train, score, info, evaluate, labels export (registered into `monitor`'s parser)."""
 
 from __future__ import annotations
 
@@ -112,21 +112,57 @@ def _train(args: argparse.Namespace) -> int:
         options = training_options(args)
     except (ValueError, TypeError) as exc:
         return _err(str(exc))
+    from monitor.model.bundle import BundleError
+    from monitor.training.feedback import FeedbackError, read_feedback
     from monitor.training.train import TrainingDataError, train_bundle
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    try:
+    feedback = old = None
+    try:  # feedback and the old bundle are read before training: a typo costs seconds, not a training run
+        if args.compare_with and not args.feedback:
+            return _err("--compare-with compares on labelled verdicts: give them with --feedback")
+        if args.feedback:
+            feedback = read_feedback(args.feedback)
+        if args.compare_with:
+            old = _load(args.compare_with)
         bundle = train_bundle(Path(args.data_dir), Path(args.out), options,
-                              progress=None if args.quiet else progress)
-    except TrainingDataError as exc:
+                              progress=None if args.quiet else progress, feedback=feedback)
+    except (TrainingDataError, FeedbackError, BundleError) as exc:
         return _err(str(exc))
     tiling = ""
     if bundle.tiling is not None:
         tiling = " tiles at scale {:g}, stride {}x{}".format(bundle.tiling.scale, *bundle.tile_stride)
     print(f"bundle {bundle.path}: {bundle.height}x{bundle.width}x{bundle.channels}{tiling} "
           f"score={bundle.score_label} threshold={bundle.default_threshold:.6g}")
+    if feedback is not None:
+        _feedback_report(bundle, feedback, old)
+    return 0
+
+
+def _feedback_report(bundle: Any, feedback: Any, old: Any) -> None:
+    """Old vs new on every labelled verdict: report/feedback.md and .json in the bundle, the summary printed."""
+    from monitor.training.compare import compare_feedback, format_summary, write_feedback_report
+    from monitor.training.report import REPORT_DIR
+
+    trained = frozenset(((bundle.meta.get("data") or {}).get("feedback") or {}).get("false_alarms_trained", []))
+    comparison = compare_feedback(bundle, feedback, old, trained_on=trained)
+    md, _ = write_feedback_report(bundle.path / REPORT_DIR, comparison)
+    print(f"feedback on {len(comparison.rows)} labelled verdicts ({md}):")
+    print(format_summary(comparison), end="")
+
+
+def _export_labels(args: argparse.Namespace) -> int:
+    from monitor.training.feedback import FeedbackError, export_labels
+
+    try:
+        done = export_labels(args.journal, Path(args.out))
+    except FeedbackError as exc:
+        return _err(str(exc))
+    counts = ", ".join(f"{label} {c['with_image']}/{c['labelled']}" for label, c in done.counts.items())
+    print(f"exported {done.copied} labelled images to {done.folder} ({counts} with an image); "
+          f"{done.missing} without an image (listed in {done.folder / 'labels.jsonl'})")
     return 0
 
 
@@ -226,7 +262,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add train, score, info and evaluate to the `monitor` command line."""
+    """Add train, score, info, evaluate and labels export to the `monitor` command line."""
     p = subparsers.add_parser("train", help="train an autoencoder on a folder of normal images",
                               description="Train on normal images; writes a calibrated model bundle.")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of normal images (searched recursively)")
@@ -247,7 +283,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="do not choose settings, architecture and score from the data: the fixed defaults (seed "
                         "architecture, 64x64 gray, mse) for every option not given")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--feedback", action="append", metavar="JOURNAL_OR_EXPORT",
+                   help="labelled verdicts (a journal, its rotated files read too, or a `monitor labels export` "
+                        "folder; repeatable): images labelled false_alarm join the training images, defect "
+                        "labels never do; report/feedback.md compares old and new on every labelled verdict")
+    p.add_argument("--compare-with", metavar="OLD_BUNDLE",
+                   help="score the labelled verdicts with this bundle too (default: none; the old column is the "
+                        "score and threshold the journal recorded)")
     p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("labels", help="operator labels: export labelled images for retraining")
+    labels_sub = p.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    p = labels_sub.add_parser("export", help="copy labelled images to DIR/<label>/<verdict id><ext> with "
+                                             "DIR/labels.jsonl")
+    p.add_argument("--journal", required=True, action="append", metavar="JOURNAL",
+                   help="the daemon's journal (rotated files beside it are read too); repeatable")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new folder, or an earlier export to replace")
+    p.set_defaults(func=_export_labels)
 
     p = subparsers.add_parser("score", help="score image files or folders with a bundle")
     p.add_argument("bundle", metavar="BUNDLE_DIR")

@@ -6,11 +6,11 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from monitor.model.preprocess import PREPROCESSING, to_model_input, to_working_i
 from monitor.model.tiling import pad, random_positions, tile_grid
 from monitor.training.health import batchnorm_recalibration, check_model, recalibrate_batchnorm
 from monitor.training.options import LOSSES, TrainOptions
+
+if TYPE_CHECKING:
+    from monitor.training.feedback import Feedback, FeedbackImages
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +49,23 @@ class TrainingData:
     summary: dict[str, Any]
 
 
-def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1) -> TrainingData:
-    """Read every image under data_dir; unreadable files are skipped and listed, fatal above a share."""
+def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1,
+                         exclude: Container[Path] = ()) -> TrainingData:
+    """Read every image under data_dir; unreadable files are skipped and listed, fatal above a share.
+
+    Files `in exclude` (copies of defect-labelled images, monitor/training/feedback.py) are left out and
+    listed in the summary: a defect in the "good" folder must not be learnt as normal.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise TrainingDataError(f"{data_dir}: training data folder does not exist")
     paths = list_images(data_dir)
     if not paths:
         raise TrainingDataError(f"{data_dir}: no image files (PNG, JPEG, BMP, TIFF) in the folder")
+    excluded = [p for p in paths if p in exclude]
+    for p in excluded:
+        log.warning("training_file_labelled_defect path=%s note=excluded", p)
+    paths = [p for p in paths if p not in excluded]
     images, skipped, shapes = [], [], {}
     for p in paths:
         image = read_image(p)
@@ -78,6 +90,7 @@ def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1) -
         "files": len(paths),
         "images": len(images),
         "skipped": [str(p.relative_to(data_dir)) for p in skipped],
+        **({"excluded_labelled_defects": [str(p.relative_to(data_dir)) for p in excluded]} if excluded else {}),
         "shapes": shapes,
         "file_list_sha256": hashlib.sha256(listing.encode()).hexdigest(),
     }
@@ -112,6 +125,24 @@ def split_validation(n: int, fraction: float, rng: np.random.Generator) -> tuple
 ProgressFn = Callable[[str], None]
 
 
+def _feedback_images(feedback: Feedback | None, n_train: int, data: TrainingData,
+                     progress: ProgressFn | None) -> FeedbackImages | None:
+    """The false alarms to add to `n_train` normal training images; recorded in the data summary."""
+    if feedback is None:
+        return None
+    from monitor.training.feedback import false_alarm_images
+
+    extra = false_alarm_images(feedback, n_train)
+    data.summary["feedback"] = extra.to_json(feedback, data.summary.get("excluded_labelled_defects", []))
+    log.info("training_feedback false_alarms=%d repeats=%d share=%.3f missing=%d defects_held_out=%d",
+             len(extra.images), extra.repeats, extra.share, len(feedback.missing), len(feedback.defects))
+    if progress:
+        progress(f"feedback: {len(extra.images)} false alarms join the {n_train} normal training images, each "
+                 f"{extra.repeats}x ({extra.share:.0%} of an epoch); {len(feedback.defects)} defect-labelled "
+                 f"images kept out of training; {len(feedback.missing)} labelled verdicts without an image")
+    return extra
+
+
 class TileCrops:
     """Random tile crops of images at working resolution, drawn afresh for every epoch (tiled training).
 
@@ -130,6 +161,14 @@ class TileCrops:
 
     def __len__(self) -> int:
         return len(self.images) * self.per_image
+
+    def add(self, images: list[np.ndarray], times: int) -> None:
+        """Append each working image `times` times (oversampled feedback); the copies share one array."""
+        for image in images:
+            grid = tile_grid(image.shape[0], image.shape[1], self.tile)
+            padded = pad(image, grid).astype(np.float16)
+            self.grids += [grid] * times
+            self.images += [padded] * times
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         """per_image random crops of every image (image by image), float32 N x th x tw x C."""
@@ -364,11 +403,16 @@ def calibrate(bundle: Bundle, val_x: np.ndarray, calibration_images: list[np.nda
 
 
 def _tiled_sets(images: list[np.ndarray], train_idx: np.ndarray, val_idx: np.ndarray, options: TrainOptions,
-                rng: np.random.Generator, progress: ProgressFn | None,
+                rng: np.random.Generator, progress: ProgressFn | None, extra: FeedbackImages | None = None,
                 ) -> tuple[TileCrops, np.ndarray, list[np.ndarray]]:
     """Training crops (drawn per epoch), fixed validation crops (a stable validation loss for early
-    stopping) and the whole validation images (calibration), for a tiled run."""
+    stopping) and the whole validation images (calibration), for a tiled run.
+
+    `extra`: false alarms from feedback, added to the training crops only (repeated), never to validation.
+    """
     train = TileCrops(working_images([images[i] for i in train_idx], options), options.tile, options.crops)
+    if extra is not None and extra.images:
+        train.add(working_images(extra.images, options), extra.repeats)
     val = TileCrops(working_images([images[i] for i in val_idx], options), options.tile, options.crops)
     val_x = val.draw(rng)
     sizes = sorted({(g.height, g.width) for g in train.grids})
@@ -505,13 +549,26 @@ def _healthy(results: list[tuple[TrainOptions, Bundle, dict]]) -> list[tuple[Tra
     return healthy
 
 
+def _with_false_alarms(train_x: np.ndarray, extra: FeedbackImages, options: TrainOptions) -> np.ndarray:
+    """The normal training inputs followed by each false alarm's input `extra.repeats` times."""
+    if not extra.images:
+        return train_x
+    h, w = options.size
+    fa = np.stack([to_model_input(im, h, w, options.channels) for im in extra.images])
+    return np.concatenate([train_x, np.repeat(fa, extra.repeats, axis=0)])
+
+
 def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = None,
-                 progress: ProgressFn | None = None) -> Bundle:
+                 progress: ProgressFn | None = None, feedback: Feedback | None = None) -> Bundle:
     """Train on a folder of normal images and save a calibrated bundle (with report/) in out_dir.
 
     With `auto` (the default), every option not given is chosen from the data, and when no architecture or
     score is given, candidates are trained and chosen on held-out images with synthetic defects.
     Progress lines go to `progress` (the CLI prints them on stderr), else to the log unless quiet.
+
+    `feedback` (monitor/training/feedback.py): its false alarms join the training split, oversampled; its
+    defect-labelled images never do (nor copies of them in data_dir). Validation, calibration and the choice
+    of settings stay on the normal images alone.
     """
     options = options or TrainOptions()
     options.validate()
@@ -521,17 +578,25 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
             log.info('training_progress message="%s"', line)
     elif options.quiet:
         progress = None
-    data = load_training_images(Path(data_dir), options.max_unreadable_fraction)
+    exclude: Container[Path] = ()
+    if feedback is not None:
+        from monitor.training.feedback import Fingerprints
+
+        exclude = Fingerprints(v.image for v in feedback.defects if v.image is not None)
+    data = load_training_images(Path(data_dir), options.max_unreadable_fraction, exclude)
     options, auto_record = _auto_options(options, explicit, data.images, len(_candidates(options, explicit)),
                                          progress)
     rng = np.random.default_rng(options.seed)
     train_idx, val_idx = split_validation(len(data.images), options.validation_split, rng)
+    extra = _feedback_images(feedback, len(train_idx), data, progress)
     if options.tiling:
-        train_x, val_x, calibration = _tiled_sets(data.images, train_idx, val_idx, options, rng, progress)
+        train_x, val_x, calibration = _tiled_sets(data.images, train_idx, val_idx, options, rng, progress, extra)
     else:
         h, w = options.size
         x = np.stack([to_model_input(im, h, w, options.channels) for im in data.images])
         train_x, val_x, calibration = x[train_idx], x[val_idx], None
+        if extra is not None:
+            train_x = _with_false_alarms(train_x, extra, options)
         if progress:
             progress(f"training on {len(train_idx)} images, validating on {len(val_idx)}, input {h}x{w}x"
                      f"{options.channels}, up to {options.epochs} epochs")
