@@ -170,7 +170,8 @@ def test_the_review_page_lists_no_shadow_verdict_and_refuses_to_label_one(shadow
     names = shadowed.drop("in1", 1)
     (primary,), (shadow,) = shadowed.lines_of(names, shadows=1)
     listed = requests.get(f"{shadowed.url}/api/anomalies", params={"limit": 500}, timeout=10).json()
-    assert listed["items"] and all(i["record"]["source"] == "line2" for i in listed["items"])
+    # Every line1 shadow verdict is an anomaly, every line1 primary normal: the gallery shows none of line1.
+    assert all(i["record"]["source"] == "line2" for i in listed["items"])
     assert requests.get(f"{shadowed.url}/api/verdicts/{shadow['id']}", timeout=10).status_code == 404
     refused = requests.post(f"{shadowed.url}/api/verdicts/{shadow['id']}/label", json={"label": "defect"},
                             timeout=10)
@@ -182,7 +183,10 @@ def test_the_review_page_lists_no_shadow_verdict_and_refuses_to_label_one(shadow
 
 
 def test_compare_on_the_command_line_and_the_api_agree(shadowed):
-    shadowed.lines_of(shadowed.drop("in1", 2), shadows=2)
+    (primary, _), _ = shadowed.lines_of(shadowed.drop("in1", 2), shadows=2)
+    labelled = requests.post(f"{shadowed.url}/api/verdicts/{primary['id']}/label", json={"label": "missed_defect"},
+                             timeout=10)
+    assert labelled.status_code == 200, labelled.text
     api = requests.get(f"{shadowed.url}/api/compare", timeout=30)
     assert api.status_code == 200
     answer = api.json()
@@ -194,10 +198,11 @@ def test_compare_on_the_command_line_and_the_api_agree(shadowed):
     assert cli["pairings"] == answer["pairings"] and cli["unpaired"] == answer["unpaired"] == 0
     (pairing,) = answer["pairings"]
     assert (pairing["source"], pairing["model"], pairing["shadow_model"]) == ("line1", "default", "candidate")
-    assert pairing["frames"] == pairing["shadow_only"] == pairing["shadow"]["alerts"] >= 8
+    assert pairing["frames"] == pairing["shadow_only"] == pairing["shadow"]["alerts"] >= 2
     assert pairing["agree"] == pairing["primary"]["alerts"] == 0
-    # The missed defect labelled above: found by the shadow alone.
-    assert pairing["defects"] == 1 and pairing["shadow"]["recall"] == 1.0 and pairing["primary"]["recall"] == 0.0
+    # The missed defects labelled (here, and by the review test when it ran first): found by the shadow alone.
+    assert pairing["defects"] >= 1 and pairing["shadow"]["recall"] == 1.0 and pairing["primary"]["recall"] == 0.0
+    assert pairing["shadow"]["precision"] == 1.0 and pairing["primary"]["precision"] is None
     page = requests.get(f"{shadowed.url}/compare", params={"source": "line1"}, timeout=30)
     assert page.status_code == 200 and 'data-role="shadow"' in page.text and "candidate" in page.text
     assert 'href="/compare"' in requests.get(f"{shadowed.url}/", timeout=10).text  # in the nav of every page
@@ -220,3 +225,32 @@ def test_a_reload_removes_and_adds_a_shadow_without_replacing_the_source(shadowe
     assert {s["shadow_of"] for s in shadow} == {p["id"] for p in primary}
     assert line1_alerts(shadowed.hook) == []
     assert shadowed.proc.terminate() == 0
+
+
+# --- a failing candidate -------------------------------------------------------------------------------------
+class _BrokenScorer:
+    """A candidate whose every call fails (a bundle that loads but cannot score these images)."""
+
+    def call_groups(self, images: list) -> list[slice]:
+        return [slice(0, len(images))]
+
+    def score(self, images: list) -> None:
+        raise RuntimeError("candidate cannot score")
+
+
+def test_a_failing_shadow_scorer_costs_only_the_shadow_verdicts():
+    from types import SimpleNamespace
+
+    from monitor import metrics
+    from monitor.daemon import Daemon
+    from monitor.records import Frame, Verdict
+
+    broken = SimpleNamespace(name="candidate", identity="cccccccccccc", scorer=_BrokenScorer())
+    pipeline = SimpleNamespace(shadow_model_of=lambda source: broken if source == "line1" else None,
+                               shadow_thresholds={})
+    frames = [Frame(source, np.zeros((4, 4), np.uint8), 1.0) for source in ("line1", "line2", "line1")]
+    verdicts = [(f, Verdict(source=f.source, frame_time=1.0, scored_at=2.0, score=0.1, threshold=0.2,
+                            anomaly=False)) for f in frames]
+    before = metrics.REGISTRY.get_sample_value("anomaly_monitor_errors_total", {"stage": "shadow"}) or 0
+    assert Daemon._score_shadows(None, pipeline, verdicts) == []  # no exception reaches the primary's batch
+    assert metrics.REGISTRY.get_sample_value("anomaly_monitor_errors_total", {"stage": "shadow"}) == before + 1
