@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     from monitor.replay import register as register_replay
 
     register_replay(sub)
+    from monitor.compare import register as register_compare
+
+    register_compare(sub)
     return parser
 
 

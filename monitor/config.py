@@ -36,6 +36,8 @@ class FolderSourceConfig(StrictModel):
     name: Name
     folder: Path
     model: Name = "default"  # a key of `models:` (`model:` alone is the model called `default`)
+    # A candidate model (a key of `models:`) that scores the same frames in shadow: journaled, never alerted.
+    shadow: Name | None = None
     recursive: bool = True
     extensions: list[str] = list(IMAGE_EXTENSIONS)
     # A file closed by its writer, or a PNG/JPEG/BMP (they carry their own end marker), is read after this quiet
@@ -73,6 +75,7 @@ class CameraSourceConfig(StrictModel):
     name: Name
     camera: int | str
     model: Name = "default"
+    shadow: Name | None = None  # a candidate model scoring the same frames in shadow (see FolderSourceConfig)
     fps: float = Field(default=2.0, gt=0, le=120)
     roi: tuple[int, int, int, int] | None = None  # x, y, width, height in pixels
     rtsp_transport: Literal["tcp", "udp"] | None = None
@@ -421,11 +424,17 @@ def _check_shape(data: dict, path: Path) -> None:
 
 
 def _check_models_known(config: Config, path: Path) -> None:
-    """ConfigError naming the key of a source whose model is not one of `models:`."""
+    """ConfigError naming the key of a source whose model or shadow is not one of `models:`, or whose shadow is
+    its own model (nothing to compare)."""
     known = ", ".join(sorted(config.models))
     for i, source in enumerate(config.sources):
         if source.model not in config.models:
             raise ConfigError(f"{path}: sources[{i}].model: unknown model {source.model!r} (known: {known})")
+        if source.shadow is not None and source.shadow not in config.models:
+            raise ConfigError(f"{path}: sources[{i}].shadow: unknown model {source.shadow!r} (known: {known})")
+        if source.shadow is not None and source.shadow == source.model:
+            raise ConfigError(f"{path}: sources[{i}].shadow: {source.shadow!r} is the source's own model: a shadow "
+                              "is another model, compared with it")
 
 
 def _check_folders_apart(config: Config, path: Path) -> None:

@@ -80,7 +80,7 @@ def check_thresholds(config: Config, models: Mapping[str, LoadedModel]) -> None:
     """StartupError when a rolling threshold has no calibration scores to start from."""
     if config.threshold.fixed is not None:
         return
-    for name in sorted({s.model for s in config.sources}):
+    for name in sorted({s.model for s in config.sources} | {s.shadow for s in config.sources if s.shadow}):
         bundle = models[name].bundle
         if len(bundle.calibration_scores) == 0:
             raise StartupError(f"{bundle.path}: the bundle has no calibration scores; set threshold.fixed")
@@ -107,25 +107,54 @@ def build_thresholds(config: Config, models: Mapping[str, LoadedModel], saved: M
     saved = dict(saved)
     thresholds: dict[str, Threshold] = {}
     for s in config.sources:
-        model = models[s.model]
         old = running.thresholds.get(s.name) if running is not None else None
         old_model = running.model_of(s.name) if running is not None else None
-        same_model = old_model is not None and old_model.identity == model.identity
-        if old is not None and same_model and running.config.threshold == config.threshold:
-            thresholds[s.name] = old
-            continue
-        threshold = new_threshold(config, model.bundle)
-        if old is not None and same_model:
-            threshold.restore(old.window_values())
-        elif old is not None:
-            log.info("threshold_restarted source=%s model=%s model_id=%s reason=model_changed", s.name, model.name,
-                     model.identity)
-        elif s.name in saved and saved[s.name].model_id == model.identity and threshold.restore(
-                saved[s.name].values):
-            log.info("threshold_restored source=%s model_id=%s values=%d", s.name, model.identity,
-                     len(threshold.window_values()))
-        thresholds[s.name] = threshold
+        thresholds[s.name] = _carry_threshold(config, s.name, s.name, models[s.model], old, old_model, saved,
+                                              running)
     return thresholds
+
+
+def shadow_key(source: str) -> str:
+    """The state file's key of `source`'s shadow window: a slash never appears in a source name (schema.Name),
+    so it never meets a source's own window."""
+    return f"{source}/shadow"
+
+
+def build_shadow_thresholds(config: Config, models: Mapping[str, LoadedModel],
+                            saved: Mapping[str, SavedWindow] = (),
+                            running: Pipeline | None = None) -> dict[str, Threshold]:
+    """One threshold per source with a `shadow:`, started from the shadow bundle's calibration and kept apart
+    from the source's own threshold: same carrying rules as `build_thresholds`."""
+    saved = dict(saved)
+    thresholds: dict[str, Threshold] = {}
+    for s in config.sources:
+        if s.shadow is None:
+            continue
+        old = running.shadow_thresholds.get(s.name) if running is not None else None
+        old_model = running.shadow_model_of(s.name) if running is not None else None
+        thresholds[s.name] = _carry_threshold(config, s.name, shadow_key(s.name), models[s.shadow], old, old_model,
+                                              saved, running)
+    return thresholds
+
+
+def _carry_threshold(config: Config, source: str, key: str, model: LoadedModel, old: Threshold | None,
+                     old_model: LoadedModel | None, saved: Mapping[str, SavedWindow],
+                     running: Pipeline | None) -> Threshold:
+    """A threshold for `model`: the running one while its model and settings are unchanged, else a new one
+    holding the old window (same model), or the window saved under `key` at start (same model identity)."""
+    same_model = old_model is not None and old_model.identity == model.identity
+    if old is not None and same_model and running is not None and running.config.threshold == config.threshold:
+        return old
+    threshold = new_threshold(config, model.bundle)
+    if old is not None and same_model:
+        threshold.restore(old.window_values())
+    elif old is not None:
+        log.info("threshold_restarted source=%s model=%s model_id=%s reason=model_changed", key, model.name,
+                 model.identity)
+    elif key in saved and saved[key].model_id == model.identity and threshold.restore(saved[key].values):
+        log.info("threshold_restored source=%s model_id=%s values=%d", key, model.identity,
+                 len(threshold.window_values()))
+    return threshold
 
 
 @dataclass(frozen=True)
@@ -142,11 +171,19 @@ class Pipeline:
     thresholds: dict[str, Threshold]
     since: dict[str, float]
     alerts: Any = None  # AlertDispatcher | None
+    # By source with a `shadow:`: the shadow model's own threshold (never the source's, so neither window
+    # ever holds the other model's scores).
+    shadow_thresholds: dict[str, Threshold] = dataclasses.field(default_factory=dict)
 
     def model_of(self, source: str) -> LoadedModel | None:
         """The model that scores `source`, or None for a source this pipeline does not have."""
         cfg = self.config.source(source)
         return self.models[cfg.model] if cfg is not None else None
+
+    def shadow_model_of(self, source: str) -> LoadedModel | None:
+        """The shadow model that also scores `source`, or None (no shadow, or no such source)."""
+        cfg = self.config.source(source)
+        return self.models[cfg.shadow] if cfg is not None and cfg.shadow is not None else None
 
     def accepts(self, frame: Frame) -> bool:
         """False for a frame of a removed source, or of an instance a reload replaced."""
@@ -201,9 +238,11 @@ class Daemon:
         # Every model loaded and warmed before anything else starts (`bundle`, when given, serves its folder).
         models = load_models(config.models, config.batching.max_batch, preloaded=bundle)
         self.threshold_state = ThresholdState(out.state)
-        thresholds = build_thresholds(config, models, self.threshold_state.load())
+        saved = self.threshold_state.load()
+        thresholds = build_thresholds(config, models, saved)
         self.pipeline = Pipeline(config=config, models=models, thresholds=thresholds,
-                                 since={s.name: 0.0 for s in config.sources})
+                                 since={s.name: 0.0 for s in config.sources},
+                                 shadow_thresholds=build_shadow_thresholds(config, models, saved))
         self.queue = FrameQueue(config.batching.queue_size,
                                 on_camera_drop=lambda s: metrics.FRAMES_DROPPED.labels(s).inc())
         # One outcome for every refused write (disk full, I/O error): see monitor.outputs.
@@ -415,9 +454,10 @@ class Daemon:
         new_sources = {s.name: s for s in new_config.sources}
         removed = [n for n in old_sources if n not in new_sources]
         added = [n for n in new_sources if n not in old_sources]
-        # A source whose settings changed is replaced; one whose model alone changed is only routed anew.
+        # A source whose settings changed is replaced; one whose model or shadow alone changed is only routed anew.
+        routing = {"model", "shadow"}
         changed = [n for n in new_sources if n in old_sources and
-                   new_sources[n].model_dump(exclude={"model"}) != old_sources[n].model_dump(exclude={"model"})]
+                   new_sources[n].model_dump(exclude=routing) != old_sources[n].model_dump(exclude=routing)]
         new_alerts = None
         if new_config.alerts != old.config.alerts:
             new_alerts = self._build_alerts(new_config)
@@ -435,6 +475,7 @@ class Daemon:
             now = time.monotonic()
             since = {n: (old.since.get(n, 0.0) if n not in added + changed else now) for n in new_sources}
             thresholds = build_thresholds(new_config, models, running=old)
+            shadow_thresholds = build_shadow_thresholds(new_config, models, running=old)
             alerts = old.alerts
             if new_config.alerts != old.config.alerts:
                 if old.alerts is not None:
@@ -443,7 +484,7 @@ class Daemon:
                 if alerts is not None:
                     alerts.start()
             self.pipeline = Pipeline(config=new_config, models=models, thresholds=thresholds, since=since,
-                                     alerts=alerts)
+                                     alerts=alerts, shadow_thresholds=shadow_thresholds)
             self.config = new_config
             dropped = self.queue.discard(set(removed + changed))
         finally:
@@ -525,6 +566,10 @@ class Daemon:
             model = pipeline.model_of(source)
             if threshold.rolling and model is not None:
                 windows[source] = SavedWindow(model.identity, threshold.window_values())
+        for source, threshold in pipeline.shadow_thresholds.items():
+            model = pipeline.shadow_model_of(source)
+            if threshold.rolling and model is not None:
+                windows[shadow_key(source)] = SavedWindow(model.identity, threshold.window_values())
         if windows:
             self.threshold_state.save(windows, force=force)
 
@@ -662,7 +707,10 @@ class Daemon:
                 verdicts.append((frame, verdict))
         if not verdicts:
             return
-        self.journal.enqueue([verdict.to_json() for _, verdict in verdicts])
+        # After the primaries, so that they never wait on it; in the same journal write (one fsync).
+        shadows = self._score_shadows(pipeline, verdicts)
+        self.journal.enqueue([verdict.to_json() for _, verdict in verdicts]
+                             + [verdict.to_json() for verdict in shadows])
         # Durable before the ledger says "done" and before any alert. On a full disk this holds the batch and
         # retries (no new frames are collected meanwhile: back-pressure); each line is written exactly once.
         self._write_journal()
@@ -671,6 +719,43 @@ class Daemon:
         for frame, verdict in verdicts:
             self.sources.acknowledge(frame, anomaly=verdict.anomaly)
             self._count(pipeline, frame, verdict)
+        for verdict in shadows:
+            metrics.SHADOW_IMAGES_SCORED.labels(verdict.source, verdict.model,
+                                                "anomaly" if verdict.anomaly else "normal").inc()
+
+    def _score_shadows(self, pipeline: Pipeline, verdicts: list[tuple[Frame, Verdict]]) -> list[Verdict]:
+        """The shadow verdicts of the frames (with their primary verdicts) whose source has a `shadow:`.
+
+        Frames are grouped per shadow model, so sources sharing a candidate share its calls. A shadow verdict
+        has no evidence and no region, never reaches the alerts, and names its primary (`shadow_of`); a
+        shadow scorer that fails costs only the shadow verdicts (logged, counted), never the primary ones.
+        """
+        groups: dict[str, tuple[LoadedModel, list[tuple[Frame, Verdict]]]] = {}
+        for frame, primary in verdicts:
+            model = pipeline.shadow_model_of(frame.source)
+            if model is not None:
+                groups.setdefault(model.name, (model, []))[1].append((frame, primary))
+        shadows: list[Verdict] = []
+        for model, group in groups.values():
+            try:
+                parts = model.scorer.call_groups([frame.image for frame, _ in group])
+            except Exception:  # noqa: BLE001 - judged below, call by call
+                parts = [slice(0, len(group))]
+            for part in parts:
+                members = group[part]
+                try:
+                    scored = model.scorer.score([frame.image for frame, _ in members])
+                    for i, (frame, primary) in enumerate(members):
+                        score = float(scored.scores[i])
+                        anomaly, threshold = pipeline.shadow_thresholds[frame.source].judge(score)
+                        shadows.append(Verdict(source=frame.source, frame_time=frame.frame_time,
+                                               scored_at=time.time(), score=score, threshold=threshold,
+                                               anomaly=anomaly, path=frame.path, model=model.name,
+                                               model_id=model.identity, shadow=True, shadow_of=primary.id))
+                except Exception as exc:  # noqa: BLE001 - a candidate model must never cost the line its verdicts
+                    metrics.ERRORS.labels("shadow").inc()
+                    log.error("shadow_scoring_failed model=%s size=%d error=%s", model.name, len(members), exc)
+        return shadows
 
     def _count(self, pipeline: Pipeline, frame: Frame, verdict: Verdict) -> None:
         """Metrics, summary counts and the log line of one durable verdict."""

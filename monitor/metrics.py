@@ -57,6 +57,11 @@ MODEL_IMAGES_SCORED = Counter(
     _name("model_images_scored"), "Images scored, by model (a name of the config's models).", ["model"],
     registry=REGISTRY,
 )
+SHADOW_IMAGES_SCORED = Counter(
+    _name("shadow_images_scored"), "Images a shadow model scored beside the source's own model, by source, shadow "
+    "model and its outcome (normal or anomaly); never alerted, not in images_scored.", ["source", "model", "outcome"],
+    registry=REGISTRY,
+)
 END_TO_END_SECONDS = Histogram(
     _name("end_to_end_seconds"), "Time from file arrival or frame capture to verdict.", ["source"],
     buckets=_LATENCY_BUCKETS, registry=REGISTRY,

@@ -111,6 +111,10 @@ class Verdict:
     # What a label, an alert's link and the review page name this verdict by: random, so two daemons, a
     # restart or a replayed journal never reuse one.
     id: str = field(default_factory=new_verdict_id)
+    # A shadow model's verdict on the same frame as the primary verdict `shadow_of`: journaled for comparison
+    # (`monitor compare`), never alerted, never labelled, no evidence.
+    shadow: bool = False
+    shadow_of: str | None = None
 
     def to_json(self) -> dict:
         """The journal's line for this verdict (see README, 'Journal')."""
@@ -135,6 +139,9 @@ class Verdict:
         if self.file_key is not None:
             # The scored file version: a restart after a crash re-derives the ledger from these.
             record["file"] = self.file_key._asdict()
+        if self.shadow:
+            record["shadow"] = True
+            record["shadow_of"] = self.shadow_of
         return record
 
 

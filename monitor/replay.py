@@ -77,6 +77,7 @@ class JournalRecords:
     labels: dict[str, str] = field(default_factory=dict)  # verdict id -> its latest label
     events: int = 0
     threshold_changes: int = 0  # `threshold_changed` events: the recorded flags before one used other settings
+    shadows: int = 0  # shadow models' verdicts: not the line's decisions, left to `monitor compare`
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> bad lines skipped
     first_rejected: str | None = None  # "FILE:LINE reason" of the first bad line, for a person to look at
 
@@ -140,7 +141,9 @@ def _read_line(records: JournalRecords, path: Path, lineno: int, line: bytes) ->
     except RecursionError:
         records._reject(path, lineno, "too_deep")
         return
-    if "score" in record:
+    if "score" in record and record.get("shadow") is True:
+        records.shadows += 1
+    elif "score" in record:
         verdict = _verdict(record)
         if verdict is None:
             records._reject(path, lineno, "verdict_shape")

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from monitor import metrics
+from monitor.http.compare_page import ComparePage
 from monitor.http.control import Controller, NotPausable
 from monitor.http.journal_index import JournalIndex
 from monitor.http.review import Access, Review
@@ -126,4 +127,5 @@ def build_app(controller: Controller, policy: WritePolicy, read_token_required: 
     review = Review(controller, access, index)
     routes.extend(review.routes())
     routes.extend(WhatIf(controller, access, review._render).routes())
+    routes.extend(ComparePage(controller, access, review._render).routes())
     return Starlette(routes=routes)

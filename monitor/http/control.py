@@ -149,6 +149,8 @@ class DaemonController:
                 "state": source.state,
                 "pausable": source.pausable,
                 "model": getattr(source_config, "model", "default"),
+                # From the config in force: a reload that changes only `shadow:` keeps the source running.
+                "shadow": getattr(self._source_config(config, name) or source_config, "shadow", None),
             })
             if source.source_kind == "camera":
                 cameras.append(self._camera(source))
@@ -176,6 +178,11 @@ class DaemonController:
             "queue": {"depth": len(daemon.queue), "capacity": daemon.queue.capacity},
             "cameras": cameras,
         }
+
+    @staticmethod
+    def _source_config(config: Any, name: str) -> Any:
+        find = getattr(config, "source", None)
+        return find(name) if callable(find) else None
 
     @staticmethod
     def _camera(source: Any) -> dict[str, Any]:

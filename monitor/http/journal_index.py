@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_ANOMALIES = 100_000
 MAX_NORMALS = 50_000
+MAX_SHADOWS = 50_000  # shadow verdict ids remembered only to say why one cannot be labelled
 COUNT_WINDOW_S = 8 * 3600  # the longest span the overview counts (a shift)
 BUCKET_S = 60
 READ_CHUNK = 1 << 20
@@ -146,6 +147,9 @@ class JournalIndex:
         self._anomalies: OrderedDict[str, Entry] = OrderedDict()
         self._normals: OrderedDict[str, Entry] = OrderedDict()
         self._kept: dict[str, Entry] = {}  # labelled normal verdicts, kept beyond max_normals
+        # Shadow verdict id -> its primary's id. Shadow lines are a candidate model's opinion, not the line's
+        # verdicts: never listed, counted or labelled (see `shadow_of`).
+        self._shadows: OrderedDict[str, str] = OrderedDict()
         self._labels: dict[str, Label] = {}
         self._precision: dict[str, list[int]] = {}  # source -> [defects, false alarms], latest label per verdict
         self._counts: dict[str, _SourceCounts] = {}
@@ -235,7 +239,16 @@ class JournalIndex:
             else:
                 self.lines_skipped += 1
         elif "score" in record and labelling.is_verdict_id(record.get("id")):
-            self._add_verdict(record)
+            if record.get("shadow") is True:
+                self._add_shadow(record)
+            else:
+                self._add_verdict(record)
+
+    def _add_shadow(self, record: dict[str, Any]) -> None:
+        primary = record.get("shadow_of")
+        self._shadows[sys.intern(record["id"])] = primary if isinstance(primary, str) else ""
+        while len(self._shadows) > MAX_SHADOWS:
+            self._shadows.popitem(last=False)
 
     def _add_verdict(self, record: dict[str, Any]) -> None:
         score, threshold, when = _num(record.get("score")), _num(record.get("threshold")), _num(record.get("time"))
@@ -304,6 +317,12 @@ class JournalIndex:
             if entry is None:
                 return None
             return entry, self._labels.get(verdict_id)
+
+    def shadow_of(self, verdict_id: str) -> str | None:
+        """The primary verdict's id when `verdict_id` is a shadow verdict the index saw ("" if it names none),
+        else None."""
+        with self._lock:
+            return self._shadows.get(verdict_id)
 
     def precision(self) -> dict[str, float]:
         """Labelled precision per source (latest label per verdict), for sources with a labelled anomaly."""

@@ -309,6 +309,10 @@ class Review:
         """Validate and journal one label; (the label line, None) or (None, the refusal)."""
         found = self._lookup(vid)
         if found is None:
+            primary = self.index.shadow_of(vid) if labelling.is_verdict_id(vid) else None
+            if primary is not None:  # labels judge what the line decided: a candidate's verdict has none
+                return None, JSONResponse({"error": f"{vid!r} is a shadow verdict: label its primary verdict "
+                                                    f"{primary!r} instead", "primary": primary or None}, 400)
             return None, JSONResponse({"error": f"no verdict {vid!r} (unknown, or older than the index keeps)"}, 404)
         entry, _ = found
         try:
