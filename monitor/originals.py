@@ -6,8 +6,8 @@ The policy (`originals:` in the config, `output.originals` the folder):
   `normal_rate` (a source's `keep_normal_rate` wins): retraining then has the parts the line really makes,
   and the false alarms an operator labels, at the resolution the camera gave, not the evidence's thumbnails.
 - A folder file is kept byte for byte as it was read and scored (its format, bit depth and metadata); a
-  camera frame as a PNG of the whole frame (an ROI's crop is what the model saw, the frame is what a person
-  needs to see where it sits).
+  camera frame as a lossless PNG of what the model scored: with an `roi`, the crop at the camera's resolution
+  (retraining learns the crop the model sees; where it sits on the frame, the evidence shows).
 - `<folder>/<source>/<YYYY-MM-DD>/<verdict id><ext>`: the verdict's journal line names it (`original`), so
   the page serves it by verdict id and never by a path from a request.
 - Written before the verdict's journal line, atomically but without an fsync: a crash may lose the copies of
@@ -96,7 +96,7 @@ class OriginalStore:
         if frame.data is not None:
             suffix = frame.path.suffix.lower() if frame.path is not None else ""
             return frame.data, suffix if _SUFFIX.fullmatch(suffix) else ".img"
-        image = frame.full_frame if frame.full_frame is not None else frame.image
+        image = frame.image
         ok, buf = cv2.imencode(".png", image)
         if not ok:
             raise ValueError(f"could not encode a {image.shape} {image.dtype} frame as PNG")

@@ -60,10 +60,9 @@ def test_camera_evidence_shows_the_whole_frame_with_the_roi_and_a_region_inside_
         evidence = cv2.imread(record["evidence"])
         amber = np.all(evidence == np.array(ROI_COLOUR, np.uint8), axis=2)
         assert amber.sum() > 20, "the ROI is not framed on the whole frame"
-        # The kept original is the whole frame as captured (a video codec's pixels, so its size and look).
+        # The kept original is the ROI the model scored, at the camera's resolution: what retraining learns.
         original = cv2.imread(record["original"], cv2.IMREAD_UNCHANGED)
-        assert original.shape[:2] == (48, 64)
-        assert abs(float(original[:, :x].mean()) - 90) < 8  # the grey outside the ROI is there
+        assert original.shape[:2] == (h, w)
     finally:
         daemon.stop()
         waiter.join(30)

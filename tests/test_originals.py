@@ -89,13 +89,14 @@ def test_a_reload_applies_new_rates(tmp_path):
     assert store.wants("line1", anomaly=False)
 
 
-def test_a_camera_frame_is_kept_as_a_png_of_the_whole_frame(tmp_path):
+def test_a_camera_frame_is_kept_as_a_lossless_png_of_the_roi_the_model_scored(tmp_path):
     store, _ = store_of(tmp_path, config_of(tmp_path))
     whole = np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    frame = Frame(source="line1", image=whole[8:24, 8:40].copy(), frame_time=time.time(), full_frame=whole)
+    crop = whole[8:24, 8:40].copy()
+    frame = Frame(source="line1", image=crop, frame_time=time.time(), full_frame=whole)
     kept = store.keep(frame, new_verdict_id(), anomaly=True)
     assert kept.suffix == ".png"
-    np.testing.assert_array_equal(cv2.imread(str(kept), cv2.IMREAD_UNCHANGED), whole)
+    np.testing.assert_array_equal(cv2.imread(str(kept), cv2.IMREAD_UNCHANGED), crop)
 
 
 def test_a_refused_write_costs_the_copy_and_is_reported_then_recovers(tmp_path):

@@ -224,6 +224,20 @@ def test_a_reload_removes_and_adds_a_shadow_without_replacing_the_source(shadowe
     primary, shadow = shadowed.lines_of(names, shadows=2)
     assert {s["shadow_of"] for s in shadow} == {p["id"] for p in primary}
     assert line1_alerts(shadowed.hook) == []
+
+
+def test_promotion_is_a_config_change_and_a_reload(shadowed, tiny_bundle):
+    # Last of the daemon's tests on purpose: once promoted, the candidate (which flags everything) alerts.
+    candidate = shadowed.config["models"]["candidate"]
+    promoted = daemon_config(tiny_bundle, Path(candidate), shadowed.port, shadowed.hook.url, shadow=None)
+    promoted["sources"][0]["model"] = "candidate"
+    assert "sources_replaced=none" in shadowed.reload(promoted)["message"]
+    status = requests.get(f"{shadowed.url}/api/status", timeout=10).json()
+    assert {s["name"]: (s["model"], s["shadow"]) for s in status["sources"]}["line1"] == ("candidate", None)
+    names = shadowed.drop("in1", 2)
+    primary, _ = shadowed.lines_of(names, shadows=0)
+    assert {(v["model"], v["anomaly"]) for v in primary} == {("candidate", True)}
+    wait_until(lambda: len(line1_alerts(shadowed.hook)) >= 2, 30)  # now it is the line's model: it alerts
     assert shadowed.proc.terminate() == 0
 
 

@@ -142,15 +142,16 @@ class DaemonController:
         sources_out = []
         cameras = []
         for name, source in sources.items():
-            source_config = getattr(source, "config", None)
+            # From the config in force, not the running source's own: a reload that changes only `model:` or
+            # `shadow:` routes the source anew and keeps it running with the config it was built from.
+            source_config = self._source_config(config, name) or getattr(source, "config", None)
             sources_out.append({
                 "name": name,
                 "kind": source.source_kind,
                 "state": source.state,
                 "pausable": source.pausable,
                 "model": getattr(source_config, "model", "default"),
-                # From the config in force: a reload that changes only `shadow:` keeps the source running.
-                "shadow": getattr(self._source_config(config, name) or source_config, "shadow", None),
+                "shadow": getattr(source_config, "shadow", None),
             })
             if source.source_kind == "camera":
                 cameras.append(self._camera(source))
