@@ -18,6 +18,8 @@ from alert_servers import WebhookServer
 from daemon_proc import DaemonProcess, free_port, wait_until
 from imagegen import anomalous_image, encode, normal_image
 from reload_util import bundle_variant, metric, rewrite_config, scrape
+from test_review_page import _missing as browser_missing
+from test_review_page import browser, screenshot  # noqa: F401 - a fixture
 
 from monitor.config import ConfigError, load_config
 
@@ -224,6 +226,23 @@ def test_a_reload_removes_and_adds_a_shadow_without_replacing_the_source(shadowe
     primary, shadow = shadowed.lines_of(names, shadows=2)
     assert {s["shadow_of"] for s in shadow} == {p["id"] for p in primary}
     assert line1_alerts(shadowed.hook) == []
+
+
+@pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or "")
+def test_the_shadow_page_in_a_browser_shows_both_models_of_a_source(shadowed, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    shadowed.lines_of(shadowed.drop("in1", 3), shadows=3)
+    browser.get(f"{shadowed.url}/compare")
+    rows = {(r.get_attribute("data-source"), r.get_attribute("data-role")): r.text
+            for r in browser.find_elements(By.CSS_SELECTOR, "#compare tbody tr")}
+    assert set(rows) == {("line1", "primary"), ("line1", "shadow")}
+    assert "candidate" in rows[("line1", "shadow")] and "default" in rows[("line1", "primary")]
+    screenshot(browser, "compare.png")
+    browser.find_element(By.CSS_SELECTOR, 'select[name="source"] option[value="line2"]').click()
+    browser.find_element(By.CSS_SELECTOR, "#compare-form button").click()
+    wait_until(lambda: "source=line2" in browser.current_url, 10)
+    assert "No shadow verdicts" in browser.find_element(By.ID, "compare").text
 
 
 def test_promotion_is_a_config_change_and_a_reload(shadowed, tiny_bundle):
