@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from imagegen import encode, normal_image
+from netutil import wait_until
 
 from monitor import metrics
 from monitor.batching import FrameQueue
@@ -195,7 +196,8 @@ def test_bad_files_are_quarantined_with_a_reason_and_counted(harness, name, cont
     assert f"reason: {reason}" in text
     assert moved.read_bytes() == content  # nothing lost: the bytes are kept for a person to look at
     assert not (harness.inbox / name).exists()
-    assert counter._value.get() == before + 1
+    # Counted once the move is done, a moment after the file left the inbox.
+    assert wait_until(lambda: counter._value.get() == before + 1, timeout=10)
     assert harness.quiet_for(0.2) == []
 
 
