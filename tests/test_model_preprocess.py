@@ -71,3 +71,20 @@ def test_batch_stacks_images_of_different_sizes() -> None:
 def test_malformed_images_raise_value_error(bad: np.ndarray) -> None:
     with pytest.raises(ValueError):
         to_model_input(bad, 4, 4, 1)
+
+
+@pytest.mark.parametrize(("shape", "channels"), [((16, 20), 1), ((16, 20, 1), 1), ((16, 20, 3), 3),
+                                                 ((16, 20, 3), 1), ((16, 20), 3), ((8, 10, 3), 3)])
+def test_a_batch_equals_its_images_converted_one_by_one(shape: tuple, channels: int) -> None:
+    # The vectorised path (images already at the model's size and layout) must give the very same values.
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(7)]
+    one_by_one = np.stack([to_model_input(im, 16, 20, channels) for im in images])
+    np.testing.assert_array_equal(to_model_batch(images, 16, 20, channels), one_by_one)
+
+
+def test_a_batch_mixing_ready_and_other_images_equals_them_one_by_one() -> None:
+    rng = np.random.default_rng(6)
+    images = [rng.integers(0, 256, (16, 20), dtype=np.uint8), rng.integers(0, 65536, (16, 20), dtype=np.uint16)]
+    one_by_one = np.stack([to_model_input(im, 16, 20, 1) for im in images])
+    np.testing.assert_array_equal(to_model_batch(images, 16, 20, 1), one_by_one)
