@@ -716,9 +716,8 @@ class Daemon:
         self._write_journal()
         if alerts is not None:
             alerts.release(prepared)
-        for frame, verdict in verdicts:
-            self.sources.acknowledge(frame, anomaly=verdict.anomaly)
-            self._count(pipeline, frame, verdict)
+        self.sources.acknowledge_many([(frame, verdict.anomaly) for frame, verdict in verdicts])
+        self._count(pipeline, verdicts)
         for verdict in shadows:
             metrics.SHADOW_IMAGES_SCORED.labels(verdict.source, verdict.model,
                                                 "anomaly" if verdict.anomaly else "normal").inc()
@@ -757,28 +756,44 @@ class Daemon:
                     log.error("shadow_scoring_failed model=%s size=%d error=%s", model.name, len(members), exc)
         return shadows
 
-    def _count(self, pipeline: Pipeline, frame: Frame, verdict: Verdict) -> None:
-        """Metrics, summary counts and the log line of one durable verdict."""
-        source = frame.source
-        outcome = "anomaly" if verdict.anomaly else "normal"
-        metrics.IMAGES_SCORED.labels(source, outcome).inc()
-        metrics.MODEL_IMAGES_SCORED.labels(verdict.model).inc()
-        metrics.SCORE.labels(source).observe(verdict.score)
-        self._set_threshold_metrics(pipeline, source)
-        # The journal's `time - frame_time`: file arrival or frame capture to verdict.
-        metrics.END_TO_END_SECONDS.labels(source).observe(max(0.0, verdict.scored_at - frame.frame_time))
-        with self._stats_lock:
-            st = self._stats.setdefault(source, SourceStats())
-            st.scored += 1
-            st.anomalies += int(verdict.anomaly)
-            st.threshold = pipeline.thresholds[source].value
-        if verdict.anomaly:
-            metrics.ANOMALIES.labels(source).inc()
-            log.warning("anomaly source=%s path=%s score=%.6g threshold=%.6g evidence=%s model=%s", source,
-                        frame.path, verdict.score, verdict.threshold, verdict.evidence, verdict.model)
-        else:
-            log.debug("normal source=%s path=%s score=%.6g threshold=%.6g", source, frame.path,
-                      verdict.score, verdict.threshold)
+    def _count(self, pipeline: Pipeline, verdicts: list[tuple[Frame, Verdict]]) -> None:
+        """Metrics, summary counts and log lines of one batch's durable verdicts.
+
+        Counters move once per source and batch: per-file bookkeeping would cap a line whose model is
+        nearly free (a GPU) at what one Python thread can count. Histograms still see every value.
+        """
+        by_source: dict[str, list[Verdict]] = {}
+        for _, verdict in verdicts:
+            by_source.setdefault(verdict.source, []).append(verdict)
+        by_model: dict[str, int] = {}
+        debug = log.isEnabledFor(logging.DEBUG)
+        for source, mine in by_source.items():
+            anomalies = sum(v.anomaly for v in mine)
+            if anomalies:
+                metrics.IMAGES_SCORED.labels(source, "anomaly").inc(anomalies)
+                metrics.ANOMALIES.labels(source).inc(anomalies)
+            if len(mine) > anomalies:
+                metrics.IMAGES_SCORED.labels(source, "normal").inc(len(mine) - anomalies)
+            score, latency = metrics.SCORE.labels(source), metrics.END_TO_END_SECONDS.labels(source)
+            for verdict in mine:
+                score.observe(verdict.score)
+                # The journal's `time - frame_time`: file arrival or frame capture to verdict.
+                latency.observe(max(0.0, verdict.scored_at - verdict.frame_time))
+                by_model[verdict.model] = by_model.get(verdict.model, 0) + 1
+                if verdict.anomaly:
+                    log.warning("anomaly source=%s path=%s score=%.6g threshold=%.6g evidence=%s model=%s", source,
+                                verdict.path, verdict.score, verdict.threshold, verdict.evidence, verdict.model)
+                elif debug:
+                    log.debug("normal source=%s path=%s score=%.6g threshold=%.6g", source, verdict.path,
+                              verdict.score, verdict.threshold)
+            self._set_threshold_metrics(pipeline, source)
+            with self._stats_lock:
+                st = self._stats.setdefault(source, SourceStats())
+                st.scored += len(mine)
+                st.anomalies += anomalies
+                st.threshold = pipeline.thresholds[source].value
+        for model, count in by_model.items():
+            metrics.MODEL_IMAGES_SCORED.labels(model).inc(count)
 
     def _write_journal(self) -> None:
         """Write and fsync what the journal holds, retried while the disk refuses (OutputStopped on stop)."""

@@ -30,3 +30,14 @@ def test_compaction_drops_entries_of_files_that_are_gone(tmp_path):
     again = Ledger(tmp_path / "l.jsonl")
     assert len(again) == 3
     assert ("1.png", 1, 1) in again and ("9.png", 1, 1) in again and ("0.png", 1, 1) not in again
+
+
+def test_a_batch_of_keys_is_one_line_each_and_remembered_across_reopen(tmp_path):
+    ledger = Ledger(tmp_path / "l.jsonl")
+    keys = [FileKey(f"{i}.png", 10 + i, 5) for i in range(4)]
+    ledger.add_many(keys)
+    ledger.add_many([])
+    ledger.close()
+    assert len((tmp_path / "l.jsonl").read_text().splitlines()) == 4
+    again = Ledger(tmp_path / "l.jsonl")
+    assert all(key in again for key in keys) and len(again) == 4

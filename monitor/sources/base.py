@@ -108,6 +108,11 @@ class Source(ABC):
         """The verdict (`anomaly`) or the quarantine (None) of `frame` is durable: the source may forget it."""
         return  # a camera keeps no state per frame
 
+    def acknowledge_many(self, done: list[tuple[Frame, bool]]) -> None:
+        """`acknowledge` for the (frame, anomaly) verdicts of one batch, all durable."""
+        for frame, anomaly in done:
+            self.acknowledge(frame, anomaly)
+
     def close(self) -> None:
         """Release durable state (files) once the queue is drained and the scorer has stopped."""
         return  # only sources with files (a folder's ledger) have anything to close

@@ -198,14 +198,22 @@ class Ledger:
         Never raises: a line the disk refuses is kept in memory only (the verdict is already in the journal,
         whose tail fills the ledger again at the next start), counted, and logged once per episode.
         """
+        self.add_many([key], anomaly)
+
+    def add_many(self, keys: list[FileKey], anomaly: bool | None = None) -> None:
+        """`add` for the file versions of one batch: one write for all of them."""
+        if not keys:
+            return
         with self._lock:
-            self._keys.add(key)
+            self._keys.update(keys)
             if anomaly is not None:
-                self._due[key] = anomaly
+                for key in keys:
+                    self._due[key] = anomaly
             if self._file is None:
                 return
             try:
-                self._file.write(_line(key, anomaly))  # all or nothing: no cut line on a full disk
+                # All or nothing: no cut line on a full disk.
+                self._file.write_many([_line(key, anomaly) for key in keys])
             except OSError as exc:
                 count_error("ledger", exc)
                 if not self._failing:

@@ -128,6 +128,16 @@ class SourceSupervisor:
         if source is not None:
             source.acknowledge(frame, anomaly)
 
+    def acknowledge_many(self, done: list[tuple[Frame, bool]]) -> None:
+        """`acknowledge` for the (frame, anomaly) verdicts of one batch: each source hears its own at once."""
+        by_source: dict[str, list[tuple[Frame, bool]]] = {}
+        for frame, anomaly in done:
+            by_source.setdefault(frame.source, []).append((frame, anomaly))
+        for name, items in by_source.items():
+            source = self.sources.get(name)
+            if source is not None:
+                source.acknowledge_many(items)
+
     def stop(self) -> None:
         """Ask every source to stop; returns at once."""
         for source in self.sources.values():
