@@ -137,6 +137,19 @@ class BatchingConfig(StrictModel):
     queue_size: int = Field(default=256, ge=1, le=1_000_000)
 
 
+class ScoringConfig(StrictModel):
+    """Which engine runs the scorer's forward pass (monitor/model/backends.py); one setting for the daemon.
+
+    Restart-only, like `batching`: the converted graph is built once per model at load.
+    """
+
+    # tensorflow: the default. openvino: the same graph converted at load; measured 1.3-1.4x TensorFlow's
+    # img/s on a 2-core CPU that runs the daemon alone, but 0.6x when other processes share the cores.
+    backend: Literal["tensorflow", "openvino"] = "tensorflow"
+    # OpenVINO's compute threads; None: its default (every core). TensorFlow sizes its own pool.
+    threads: int | None = Field(default=None, ge=1, le=1024)
+
+
 class OutputConfig(StrictModel):
     journal: Path = Path("var/journal.jsonl")
     journal_max_bytes: int = Field(default=64 * 2**20, ge=4096)
@@ -220,6 +233,7 @@ class Config(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     threshold: ThresholdConfig = ThresholdConfig()
     batching: BatchingConfig = BatchingConfig()
+    scoring: ScoringConfig = ScoringConfig()
     output: OutputConfig = OutputConfig()
     metrics: MetricsConfig = MetricsConfig()
     http: HttpConfig = HttpConfig()
@@ -357,7 +371,17 @@ def parse_config(data: Any, path: Path) -> Config:
     _check_folders_apart(config, path)
     _check_outputs_unwatched(config, path)
     _check_sorted_folders(config, path)
+    _check_scoring(config, path)
     return config
+
+
+def _check_scoring(config: Config, path: Path) -> None:
+    """ConfigError naming `scoring.threads` when it is set for TensorFlow: refused rather than ignored, since
+    a value that silently changes nothing would be believed to work. (Whether the backend is installed is
+    check_inputs' question: the config itself is valid on a machine without it.)"""
+    if config.scoring.threads is not None and config.scoring.backend != "openvino":
+        raise ConfigError(f"{path}: scoring.threads: applies to backend openvino only (TensorFlow sizes its own "
+                          "thread pool)")
 
 
 def _check_outputs_unwatched(config: Config, path: Path) -> None:
@@ -467,8 +491,16 @@ def _check_folders_apart(config: Config, path: Path) -> None:
 
 def check_inputs(config: Config, path: str | Path) -> None:
     """ConfigError for what `run` would refuse before scoring: a model bundle that is missing or whose
-    sidecar is not valid, a video file that does not exist. Reads sidecars only, never TensorFlow."""
+    sidecar is not valid, a video file that does not exist, a scoring backend that is not installed. Reads
+    sidecars only, never TensorFlow."""
+    from monitor.model.backends import openvino_available
+
+    # Before the bundles (reading a sidecar imports TensorFlow, which `run` has not silenced yet): one line.
+    if config.scoring.backend == "openvino" and not openvino_available():
+        raise ConfigError(f"{path}: scoring.backend: openvino is not installed "
+                          "(pip install -e '.[bench]' or openvino)")
     from monitor.model.bundle import BundleError, read_sidecar
+
 
     for name, folder in config.models.items():
         key = "model" if list(config.models) == [DEFAULT_MODEL] and folder == config.model else f"models.{name}"

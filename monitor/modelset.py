@@ -33,29 +33,40 @@ class LoadedModel:
 
 
 def warm(scorer: BatchScorer, bundle: Bundle) -> None:
-    """Trace the compiled forward pass once, so the first real image is not the one that waits for it."""
+    """Trace the compiled forward pass once, so the first real image is not the one that waits for it.
+
+    With another backend the conversion already happened in BatchScorer; this first inference pays the
+    backend's own first-call costs (memory, kernel selection) before a real frame does.
+    """
     scorer.score_inputs(np.zeros((1, bundle.height, bundle.width, bundle.channels), np.float32))
 
 
-def load_model(name: str, path: Path, max_batch: int, bundle: Bundle | None = None) -> LoadedModel:
+def load_model(name: str, path: Path, max_batch: int, bundle: Bundle | None = None, backend: str = "tensorflow",
+               threads: int | None = None) -> LoadedModel:
     """Load (unless `bundle` is given), identify and warm one model; BundleError says why it cannot be used.
+
+    backend, threads: `scoring.backend` and `scoring.threads` (BatchScorer).
 
     The identity is read before the bundle: a file replaced in between gives an identity that differs from
     the next reload's, which then loads it again (never the reverse: old content under a new identity).
     """
     identity = bundle_identity(path)
     bundle = bundle if bundle is not None else load_bundle(path)
-    scorer = BatchScorer(bundle, max_batch)
+    scorer = BatchScorer(bundle, max_batch, backend=backend, threads=threads)
     warm(scorer, bundle)
-    log.info("model_ready model=%s model_id=%s bundle=%s device=%s", name, identity, path, scorer.device)
+    log.info("model_ready model=%s model_id=%s bundle=%s device=%s backend=%s", name, identity, path,
+             scorer.device.replace(" ", ""), scorer.backend)
     return LoadedModel(name=name, path=Path(path), identity=identity, bundle=bundle, scorer=scorer,
                        default_threshold=float(bundle.default_threshold))
 
 
 def load_models(paths: Mapping[str, Path], max_batch: int, running: Mapping[str, LoadedModel] | None = None,
-                preloaded: Bundle | None = None) -> dict[str, LoadedModel]:
-    """Every model of `paths`; one of `running` with the same name, folder, identity and batch size is reused,
-    and `preloaded` serves the models whose folder it was loaded from.
+                preloaded: Bundle | None = None, backend: str = "tensorflow",
+                threads: int | None = None) -> dict[str, LoadedModel]:
+    """Every model of `paths`; one of `running` with the same name, folder, identity, batch size and backend is
+    reused, and `preloaded` serves the models whose folder it was loaded from.
+
+    backend, threads: the config's `scoring:` section, for every model.
 
     BundleError (from the first model that cannot be used) leaves `running` untouched.
     """
@@ -64,9 +75,10 @@ def load_models(paths: Mapping[str, Path], max_batch: int, running: Mapping[str,
     for name, path in paths.items():
         old = running.get(name)
         if (old is not None and old.path == Path(path) and old.scorer.max_batch == max_batch
+                and old.scorer.requested == (backend, threads)
                 and old.identity == bundle_identity(path)):
             models[name] = old
             continue
         given = preloaded if preloaded is not None and Path(preloaded.path) == Path(path) else None
-        models[name] = load_model(name, Path(path), max_batch, bundle=given)
+        models[name] = load_model(name, Path(path), max_batch, bundle=given, backend=backend, threads=threads)
     return models

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import numpy as np
 
 BACKENDS = ("tensorflow", "openvino")
+# How `scorer.device` (and the model_info metric) names a backend that is not TensorFlow.
+LABELS = {"tensorflow": "TensorFlow", "openvino": "OpenVINO"}
 
 Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -68,8 +70,7 @@ def compile_forward(forward, backend: str = "openvino", threads: int | None = No
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = ov.Core().compile_model(model, "CPU", config)
     except Exception as exc:  # OpenVINO's converter raises its own types for an op it cannot take
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackendUnavailable(f"backend openvino: cannot convert the scorer's graph: {first[:300]}") from None
+        raise BackendUnavailable(f"backend openvino: cannot convert the scorer's graph: {_why(exc)}") from None
     request = compiled.create_infer_request()
     shape = tuple(concrete.inputs[0].shape)
 
@@ -81,3 +82,12 @@ def compile_forward(forward, backend: str = "openvino", threads: int | None = No
         return out[0].copy(), out[1].copy(), out[2].copy()  # the request reuses its output buffers
 
     return run
+
+
+def _why(exc: Exception) -> str:
+    """One line out of OpenVINO's many-line conversion report: the ops it could not take, when it names them
+    (its first line is only "Check 'false' failed at <source file>")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    ops = [line.removeprefix("-- ") for line in lines
+           if line.startswith(("-- No conversion rule found for operations:", "-- Conversion is failed for:"))]
+    return ("; ".join(ops) or (lines[0] if lines else type(exc).__name__))[:300]

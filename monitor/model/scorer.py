@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from monitor.model.bundle import Bundle
+from monitor.model.backends import LABELS, BackendUnavailable, compile_forward, openvino_available
+from monitor.model.bundle import Bundle, BundleError
 from monitor.model.density import image_density_maps
 from monitor.model.preprocess import to_model_batch, to_working_image
 from monitor.model.tiling import TileCanvas, pad, tile_grid, working_size
@@ -72,13 +73,25 @@ def combine_image_maps(residual_maps: list[np.ndarray], density_maps: list[np.nd
 
 
 class BatchScorer:
-    """Scores lists of decoded images with the bundle's model and score, `max_batch` at a time."""
+    """Scores lists of decoded images with the bundle's model and score, `max_batch` at a time.
 
-    def __init__(self, bundle: Bundle, max_batch: int = 32) -> None:
+    backend: what should run the traced forward pass (`scoring.backend`): TensorFlow, or that same graph
+    converted to OpenVINO here, at construction, so the first batch does not wait for the conversion.
+    threads: OpenVINO's compute threads (None: its default). A graph OpenVINO cannot convert (a density
+    bundle's encoder features use ResizeArea and MirrorPad) is scored by TensorFlow, with a warning: the
+    backend is a speed setting, the scores are the same either way. BundleError when the backend's package
+    is not installed (check_inputs says so first, naming the config key).
+    """
+
+    def __init__(self, bundle: Bundle, max_batch: int = 32, backend: str = "tensorflow",
+                 threads: int | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.bundle = bundle
         self.max_batch = int(max_batch)
+        self.requested = (backend, threads)  # the setting, which a reload compares: not what runs
+        self.backend = backend  # what runs: `backend`, or tensorflow when it could not take this graph
+        self.threads = threads
         self.device = select_device()
         self.score_fn = bundle.score_function()
         shape = (self.max_batch, bundle.height, bundle.width, bundle.channels)
@@ -96,10 +109,24 @@ class BatchScorer:
             return r, maps, score_fn.reduce(maps)
 
         self._forward = forward
+        # The forward pass as another backend runs it (numpy in, numpy out); None: TensorFlow runs `forward`.
+        self._run = None
+        if backend != "tensorflow":
+            try:
+                self._run = compile_forward(forward, backend, threads)
+                self.device = f"CPU ({LABELS[backend]})"  # OpenVINO's CPU plugin, whatever TensorFlow sees
+            except BackendUnavailable as exc:
+                if backend == "openvino" and not openvino_available():
+                    # A BundleError: `monitor run` exits 2 with this one line, a reload keeps the running models.
+                    raise BundleError(f"{bundle.path}: scoring.backend: {exc}") from None
+                log.warning("scoring_backend_fallback bundle=%s backend=%s running=tensorflow reason=%r",
+                            bundle.path, backend, str(exc))
+                self.backend, self.threads = "tensorflow", None
         tiling = "none"
         if bundle.tiling is not None:
             tiling = "scale:{:g},stride:{}x{}".format(bundle.tiling.scale, *bundle.tile_stride)
-        log.info("scorer_ready device=%s max_batch=%d input=%dx%dx%d score=%s tiling=%s", self.device,
+        log.info("scorer_ready device=%s backend=%s threads=%s max_batch=%d input=%dx%dx%d score=%s tiling=%s",
+                 self.device.replace(" ", ""), self.backend, self.threads if self.threads is not None else "default",
                  self.max_batch, bundle.height, bundle.width, bundle.channels, bundle.score_label, tiling)
 
     @staticmethod
@@ -208,10 +235,13 @@ class BatchScorer:
             k = chunk.shape[0]
             if k < self.max_batch:
                 chunk = np.concatenate([chunk, np.zeros((self.max_batch - k, *chunk.shape[1:]), np.float32)])
-            with tf.device(self.device):
-                r, m, s = self._forward(tf.constant(chunk))
-            recons[start:start + k] = r.numpy()[:k]
-            maps[start:start + k] = m.numpy()[:k]
-            scores[start:start + k] = s.numpy()[:k].astype(np.float64)
+            if self._run is not None:
+                r, m, s = self._run(chunk)  # numpy already, from OpenVINO's own CPU threads
+            else:
+                with tf.device(self.device):
+                    r, m, s = (t.numpy() for t in self._forward(tf.constant(chunk)))
+            recons[start:start + k] = r[:k]
+            maps[start:start + k] = m[:k]
+            scores[start:start + k] = s[:k].astype(np.float64)
         return ScoredBatch(inputs=inputs, reconstructions=recons, error_maps=maps, scores=scores,
                            tiles=np.ones(n, np.int64))
