@@ -208,7 +208,7 @@ class SourceStats:
     threshold: float = float("nan")
 
 
-RESTART_ONLY_KEYS = ("output", "metrics", "batching")
+RESTART_ONLY_KEYS = ("output", "metrics", "batching", "scoring")
 
 
 def apply_log_level(level: str) -> None:
@@ -236,7 +236,8 @@ class Daemon:
         self.config_path = config_path
         out = config.output
         # Every model loaded and warmed before anything else starts (`bundle`, when given, serves its folder).
-        models = load_models(config.models, config.batching.max_batch, preloaded=bundle)
+        models = load_models(config.models, config.batching.max_batch, preloaded=bundle,
+                             backend=config.scoring.backend, threads=config.scoring.threads)
         self.threshold_state = ThresholdState(out.state)
         saved = self.threshold_state.load()
         thresholds = build_thresholds(config, models, saved)
@@ -394,7 +395,7 @@ class Daemon:
         Runs on the main thread (SIGHUP, or the HTTP API). Loading and warming changed bundles happens first,
         beside the running models, while the scorer goes on with them; then, between two batches, the
         pipeline (models, thresholds, alert dispatcher) is swapped and sources are removed, replaced or added.
-        `output`, `metrics` and `batching` need a restart: a change to them is logged and not applied.
+        `output`, `metrics`, `batching` and `scoring` need a restart: a change to them is logged and not applied.
         """
         if not self._scorer.started or self._stop.is_set():
             log.warning("reload_ignored reason=%s", "stopping" if self._stop.is_set() else "not_started_yet")
@@ -448,7 +449,8 @@ class Daemon:
             log.warning("reload_restart_needed keys=%s action=kept_running_values", ",".join(kept))
             new_config = new_config.model_copy(update={k: getattr(old.config, k) for k in RESTART_ONLY_KEYS})
         # The heavy part, beside the running models: the scorer goes on with those meanwhile.
-        models = load_models(new_config.models, new_config.batching.max_batch, running=old.models)
+        models = load_models(new_config.models, new_config.batching.max_batch, running=old.models,
+                             backend=new_config.scoring.backend, threads=new_config.scoring.threads)
         check_thresholds(new_config, models)
         old_sources = {s.name: s for s in old.config.sources}
         new_sources = {s.name: s for s in new_config.sources}

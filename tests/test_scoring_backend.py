@@ -185,9 +185,6 @@ def daemon_scores(tmp_path: Path, bundle_path: Path, files: list[Path], scoring:
     return {Path(v["path"]).name: v["score"] for v in verdicts()}
 
 
-# monitor/daemon.py passes `scoring:` to load_models in a change of its own (issue 14): until it lands the daemon
-# scores with TensorFlow whatever the config says. Strict: the mark fails once it does, and goes with it.
-@pytest.mark.xfail(strict=True, reason="monitor/daemon.py does not pass config.scoring to load_models yet")
 @needs_openvino
 @pytest.mark.parametrize("which", ["tiny", "shipped"])
 def test_the_daemon_on_openvino_gives_tensorflows_scores(tmp_path, tiny_bundle, which):
