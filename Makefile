@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= -n 3 --dist loadfile
 SOAK_SECONDS ?= 3600
 
-.PHONY: install system-deps run test lint model benchmarks soak clean install-service
+.PHONY: install system-deps run test lint model bench benchmarks soak clean install-service
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,16 @@ test: $(STAMP) system-deps lint
 model: $(STAMP)
 	$(PY) scripts/make_default_model.py --out models/default
 
-benchmarks: $(STAMP)
+# The benchmark suite (benchmarks/suite.py, a few minutes on 2 cores): a table, then one JSON object (last line;
+# also written to BENCH_JSON). BENCH_ARGS=--quick: a ~1-minute smoke; BENCH_ARGS="--rss-images 100000": the full
+# memory check.
+BENCH_JSON ?= var/bench.json
+BENCH_ARGS ?=
+bench: $(STAMP)
+	mkdir -p $(dir $(BENCH_JSON))
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/suite.py --json $(BENCH_JSON) $(BENCH_ARGS)
+
+benchmarks: $(STAMP) bench
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/quality.py
 
