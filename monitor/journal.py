@@ -307,8 +307,12 @@ class Journal:
                 log.error("journal_close_failed path=%s error=%s", self.path, describe(exc))
 
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _line(record: dict) -> str:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+    return _ENCODER.encode(record) + "\n"
 
 
 def read_journal(path: Path) -> list[dict]:
