@@ -33,12 +33,14 @@ class LoadedModel:
 
 
 def warm(scorer: BatchScorer, bundle: Bundle) -> None:
-    """Trace the compiled forward pass once, so the first real image is not the one that waits for it.
+    """Trace and run the forward pass for one image and for a full batch, so that neither the first file on
+    a quiet line nor the first batch of a backlog waits for a trace (the sizes between trace on first use).
 
     With another backend the conversion already happened in BatchScorer; this first inference pays the
     backend's own first-call costs (memory, kernel selection) before a real frame does.
     """
-    scorer.score_inputs(np.zeros((1, bundle.height, bundle.width, bundle.channels), np.float32))
+    for size in sorted({1, scorer.max_batch}):
+        scorer.score_inputs(np.zeros((size, bundle.height, bundle.width, bundle.channels), np.float32))
 
 
 def load_model(name: str, path: Path, max_batch: int, bundle: Bundle | None = None, backend: str = "tensorflow",

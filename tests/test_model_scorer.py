@@ -66,7 +66,24 @@ def test_empty_list_gives_empty_batch(scorer) -> None:  # noqa: ANN001
     assert len(scorer.score([])) == 0
 
 
-def test_the_forward_pass_is_traced_once(scorer, images) -> None:  # noqa: ANN001
-    scorer.score(images[:1])
-    scorer.score(images)
-    assert scorer._forward.experimental_get_tracing_count() == 1
+def test_each_batch_size_bucket_is_traced_once(scorer, images) -> None:  # noqa: ANN001
+    for _ in range(2):
+        for n in range(1, len(images) + 1):
+            scorer.score(images[:n])
+    assert set(scorer._forwards) <= set(scorer.buckets)
+    assert all(f.experimental_get_tracing_count() == 1 for f in scorer._forwards.values())
+
+
+def test_the_buckets_grow_by_four_up_to_max_batch() -> None:
+    from monitor.model.scorer import batch_buckets
+
+    assert batch_buckets(32) == (1, 4, 16, 32)
+    assert batch_buckets(16) == (1, 4, 16)
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(100) == (1, 4, 16, 64, 100)
+
+
+def test_a_chunk_scores_the_same_whatever_bucket_pads_it(scorer, images) -> None:  # noqa: ANN001
+    alone = np.array([scorer.score([im]).scores[0] for im in images])
+    together = scorer.score(images).scores
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-7)

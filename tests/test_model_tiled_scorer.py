@@ -83,11 +83,11 @@ def test_tiles_of_several_images_share_batches(tiled, large) -> None:  # noqa: A
     scorer = BatchScorer(tiled, max_batch=MAX_BATCH)
     small = [im[:48, :48] for im in large[:3]]  # 4 tiles each at 32x32 stride 16: 12 tiles, 2 batches of 8
     calls = []
-    forward = scorer._forward
-    scorer._forward = lambda x: calls.append(1) or forward(x)
+    score_inputs = scorer.score_inputs
+    scorer.score_inputs = lambda x: calls.append(len(x)) or score_inputs(x)
     out = scorer.score(small)
     assert out.tiles.tolist() == [4, 4, 4]
-    assert len(calls) == 2  # one image per batch would take 3
+    assert calls == [8, 4]  # one image per batch would take 3 calls of 4
 
 
 def test_a_score_does_not_depend_on_the_images_batched_with_it(scorer, large) -> None:  # noqa: ANN001
@@ -113,7 +113,7 @@ def test_the_tiled_forward_pass_is_traced_once(tiled, large) -> None:  # noqa: A
     scorer = BatchScorer(tiled, max_batch=MAX_BATCH)
     scorer.score(large[:1])
     scorer.score([large[1][:100, :60], *large[2:]])
-    assert scorer._forward.experimental_get_tracing_count() == 1
+    assert all(f.experimental_get_tracing_count() == 1 for f in scorer._forwards.values())
 
 
 def test_a_bundle_without_tiling_scores_one_model_input_per_image(tiny_bundle) -> None:  # noqa: ANN001
