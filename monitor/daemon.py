@@ -665,7 +665,7 @@ class Daemon:
 
         One queue serves every model (see monitor.batching): its back-pressure, latest-wins slots and
         max-wait bound stay in one place, and a reload never has to move frames between queues. Sources that
-        share a model share its calls; a mixed batch makes smaller calls, each padded to the traced shape.
+        share a model share its calls; a mixed batch makes smaller calls, each padded to its batch bucket.
         """
         groups: dict[str, tuple[LoadedModel, list[Frame]]] = {}
         for frame in frames:
