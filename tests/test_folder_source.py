@@ -160,7 +160,7 @@ def test_non_image_files_are_ignored_and_counted(harness):
     (harness.inbox / "notes.txt").write_text("hello")
     (harness.inbox / ".hidden.png.part").write_bytes(b"x")
     assert harness.quiet_for(0.6) == []
-    assert metrics.FILES_IGNORED.labels(harness.config.name)._value.get() == before + 1
+    assert wait_until(lambda: metrics.FILES_IGNORED.labels(harness.config.name)._value.get() == before + 1, 10)
 
 
 def quarantined(harness, name: str) -> tuple[Path, str]:
