@@ -161,9 +161,17 @@ def test_two_sources_with_two_models_in_one_daemon(tmp_path, tiny_bundle, subpro
         assert len(ids) == 2
         # Same images, same network: each source judged by its own model's calibrated threshold.
         assert min(v["threshold"] for v in by_source["b"]) > 1.5 * max(v["threshold"] for v in by_source["a"])
-        text = scrape(port)
-        assert metric(text, "anomaly_monitor_model_images_scored_total", model="default") == 3
-        assert metric(text, "anomaly_monitor_model_images_scored_total", model="wide") == 3
+        # Counted just after the journal's fsync: wait for the counts rather than race the scorer to them.
+        def counted() -> str | None:
+            text = scrape(port)
+            try:
+                done = all(metric(text, "anomaly_monitor_model_images_scored_total", model=m) == 3
+                           for m in ("default", "wide"))
+            except KeyError:
+                return None
+            return text if done else None
+
+        text = wait_until(counted, 10)
         assert metric(text, "anomaly_monitor_threshold_ratio", source="a") == pytest.approx(1.0, rel=0.5)
         (build,) = [line for line in text.splitlines() if line.startswith("anomaly_monitor_build_info{")]
         assert 'tensorflow="2.' in build and 'version="' in build and build.endswith(" 1.0")
