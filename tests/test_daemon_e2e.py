@@ -111,8 +111,17 @@ def test_each_anomaly_has_a_side_by_side_evidence_image(delivered):
 
 
 def test_metrics_scrape_counts_what_the_journal_says(delivered, daemon):
-    text = scrape(daemon.config["metrics"]["port"])
     n_anomalies = sum(v["anomaly"] for v in delivered)
+
+    def counted() -> str | None:
+        # Counted just after the journal's fsync: wait for the count rather than race the scorer to it.
+        text = scrape(daemon.config["metrics"]["port"])
+        try:
+            return text if metric_value(text, "anomaly_monitor_score_count", source="line1") == len(delivered) else None
+        except KeyError:
+            return None
+
+    text = wait_until(counted, timeout=10)
     assert metric_value(text, "anomaly_monitor_images_scored_total", source="line1", outcome="anomaly") == (
         n_anomalies)
     assert metric_value(text, "anomaly_monitor_images_scored_total", source="line1", outcome="normal") == (
