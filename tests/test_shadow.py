@@ -159,7 +159,16 @@ def test_every_frame_has_one_primary_and_one_shadow_verdict_and_the_shadow_never
     shadowed.lines_of([bad], shadows=0)
     wait_until(lambda: any(bad in json.dumps(r) for r in shadowed.hook.received()), 30)
     assert line1_alerts(shadowed.hook) == []
-    text = scrape(shadowed.port)
+
+    def counted() -> str | None:
+        # line2's anomaly is counted just after its alert is released: wait for it rather than race the scorer.
+        text = scrape(shadowed.port)
+        try:
+            return text if metric(text, "anomaly_monitor_anomalies_total", source="line2") == 1 else None
+        except KeyError:
+            return None
+
+    text = wait_until(counted, 10)
     assert metric(text, "anomaly_monitor_shadow_images_scored_total", source="line1", model="candidate",
                   outcome="anomaly") == 5
     assert metric(text, "anomaly_monitor_images_scored_total", source="line1", outcome="normal") == 5
