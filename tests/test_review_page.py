@@ -1,8 +1,9 @@
 """The review page in a real browser: Debian's chromium, headless, driven by selenium through /usr/bin/chromedriver.
 
 Nothing is downloaded: the driver's path is given, so selenium's driver manager never runs. Without chromium or
-chromedriver (Debian packages `chromium` and `chromium-driver`) the tests skip and say so. The screenshots for
-the README are written to docs/screenshots/.
+chromedriver (Debian packages `chromium` and `chromium-driver`) the tests skip and say so. Every test run takes
+the screenshots; they replace the README's in docs/screenshots/ only with UPDATE_SCREENSHOTS=1, so that a test run
+leaves the checkout as it was.
 """
 
 from __future__ import annotations
@@ -61,8 +62,12 @@ def browser(tmp_path_factory) -> Iterator:
 
 
 def screenshot(driver, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SCREENSHOTS / name))
+    """Take a screenshot (a real PNG, every run); write it over the README's only when asked to."""
+    png = driver.get_screenshot_as_png()
+    assert png.startswith(b"\x89PNG"), "chromium returned no screenshot"
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / name).write_bytes(png)
 
 
 def image_loaded(driver, element) -> bool:
