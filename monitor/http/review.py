@@ -112,6 +112,27 @@ class Access:
         return by or "", parse_qs(body.decode("utf-8", "replace"), keep_blank_values=keep_blank_values,
                                   max_num_fields=max_fields)
 
+    async def json_post(self, request: Request, shape: str) -> tuple[str | None, dict[str, Any]] | Response:
+        """An API write, checked in order: allowed to write, not from a foreign origin, `application/json`
+        (which a foreign page cannot send without a CORS preflight this server never grants), a JSON object
+        of at most MAX_FORM_BYTES. (`by` of the journal line, the object), or the refusal to send; `shape`
+        says in the refusal what object is expected."""
+        by, refused = self.who_labels(request)
+        if refused is not None:
+            return refused
+        if request.headers.get("origin") not in (None, "null") and not same_origin(request):
+            return JSONResponse({"error": "cross-origin request refused"}, 403)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return JSONResponse({"error": "the body must be application/json"}, 415)
+        body = await request.body()
+        try:
+            data = json.loads(body) if len(body) <= MAX_FORM_BYTES else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return JSONResponse({"error": f"the body must be a JSON object {shape}"}, 400)
+        return by, data
+
     def who_labels(self, request: Request) -> tuple[str | None, Response | None]:
         """(`by` of the label line, None) when the request may label, else (None, the refusal)."""
         if self.token is None:
@@ -358,20 +379,10 @@ class Review:
         return JSONResponse(verdict_json(*found))
 
     async def api_label(self, request: Request) -> Response:
-        by, refused = self.access.who_labels(request)
-        if refused is not None:
-            return refused
-        if request.headers.get("origin") not in (None, "null") and not same_origin(request):
-            return JSONResponse({"error": "cross-origin request refused"}, 403)
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return JSONResponse({"error": "the body must be application/json"}, 415)
-        body = await request.body()
-        try:
-            data = json.loads(body[:MAX_FORM_BYTES + 1]) if len(body) <= MAX_FORM_BYTES else None
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            return JSONResponse({"error": 'the body must be a JSON object {"label": ..., "note": ...}'}, 400)
+        checked = await self.access.json_post(request, '{"label": ..., "note": ...}')
+        if isinstance(checked, Response):
+            return checked
+        by, data = checked
         vid = request.path_params["vid"]
         # The journal write and its fsync block: off the event loop, as every other controller call.
         from starlette.concurrency import run_in_threadpool

@@ -18,7 +18,6 @@ reuses the journal it read while no journal file has changed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,7 +36,7 @@ from starlette.routing import BaseRoute, Route
 
 from monitor.config import ConfigError, ThresholdConfig
 from monitor.http.control import Controller
-from monitor.http.review import MAX_FORM_BYTES, Access, BadRequest, _int_param, _time_param, same_origin
+from monitor.http.review import Access, BadRequest, _int_param, _time_param
 from monitor.replay import (
     THRESHOLD_KEYS,
     JournalRecords,
@@ -336,21 +335,11 @@ class WhatIf:
         return JSONResponse(answer)
 
     async def api_threshold(self, request: Request) -> Response:
-        by, refused = self.access.who_labels(request)
-        if refused is not None:
-            return refused
-        if request.headers.get("origin") not in (None, "null") and not same_origin(request):
-            return JSONResponse({"error": "cross-origin request refused"}, 403)
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return JSONResponse({"error": "the body must be application/json"}, 415)
-        body = await request.body()
-        try:
-            data = json.loads(body) if len(body) <= MAX_FORM_BYTES else None
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            return JSONResponse({"error": 'the body must be a JSON object {"quantile": ..., "margin": ..., '
-                                          '"window": ..., "fixed": ..., "learn_from_anomalies": ...}'}, 400)
+        checked = await self.access.json_post(
+            request, '{"quantile": ..., "margin": ..., "window": ..., "fixed": ..., "learn_from_anomalies": ...}')
+        if isinstance(checked, Response):
+            return checked
+        by, data = checked
         try:
             changes = changes_from_json(data)
         except BadRequest as exc:
