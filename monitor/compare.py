@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from monitor.commands import fail, parse_time
 from monitor.config import ConfigError, load_config
 from monitor.journal import JournalTailRecord, RecordRejected, parse_object_line
-from monitor.replay import LABEL_TRUTH, ReplayError, _parse_time, journal_files
+from monitor.replay import LABEL_TRUTH, ReplayError, journal_files
 
 HOUR_S = 3600.0
 
@@ -320,22 +320,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
-def _err(msg: str) -> int:
-    for line in msg.splitlines() or [msg]:
-        print(f"error: {line}", file=sys.stderr)
-    return 2
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     if (args.config is None) == (args.journal is None):
-        return _err("compare: give either --config FILE or --journal FILE")
+        return fail("compare: give either --config FILE or --journal FILE")
     try:
-        since = None if args.since is None else _parse_time(args.since, "--since")
-        until = None if args.until is None else _parse_time(args.until, "--until")
+        since = None if args.since is None else parse_time(args.since, "--since")
+        until = None if args.until is None else parse_time(args.until, "--until")
         path = load_config(args.config).output.journal if args.config is not None else Path(args.journal)
         journal = read_journal(path)
     except (ConfigError, ReplayError, ValueError) as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     result = compare(journal, source=args.source, since=since, until=until)
     if args.json:
         print(json.dumps(finite({"journal": {**journal.counts(), "paths": [str(p) for p in journal.files]},

@@ -25,13 +25,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from monitor.commands import fail, parse_time
 from monitor.config import Config, ConfigError, ThresholdConfig, load_config, parse_config
 from monitor.files import atomic_write
 from monitor.journal import JournalTailRecord, RecordRejected, parse_object_line, rejection_reason
@@ -633,23 +633,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_replay)
 
 
-def _err(msg: str) -> int:
-    for line in msg.splitlines() or [msg]:
-        print(f"error: {line}", file=sys.stderr)
-    return 2
-
-
-def _parse_time(text: str, flag: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()  # a time without a zone is local time
-    except ValueError:
-        raise ValueError(f"{flag}: not Unix seconds or an ISO 8601 time: {text!r}") from None
-
-
 def _flag_changes(args: argparse.Namespace) -> dict[str, Any]:
     """The threshold keys the flags set (as text; ThresholdConfig converts and checks them)."""
     changes: dict[str, Any] = {}
@@ -675,25 +658,25 @@ def _settings(base: ThresholdConfig, changes: Mapping[str, Any]) -> ThresholdCon
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     if (args.config is None) == (args.journal is None):
-        return _err("replay: give either --config FILE or --journal FILE")
+        return fail("replay: give either --config FILE or --journal FILE")
     if args.fixed is not None and args.quantile is not None:
-        return _err("replay: set either --fixed or --quantile, not both")
+        return fail("replay: set either --fixed or --quantile, not both")
     if args.apply and args.config is None:
-        return _err("replay: --apply needs --config (the file it writes)")
+        return fail("replay: --apply needs --config (the file it writes)")
     if (args.pid or args.pidfile) and not args.apply:
-        return _err("replay: --pid and --pidfile go with --apply")
+        return fail("replay: --pid and --pidfile go with --apply")
     if args.pid and args.pidfile:
-        return _err("replay: give either --pid or --pidfile")
+        return fail("replay: give either --pid or --pidfile")
     changes = _flag_changes(args)
     if args.apply and not changes:
-        return _err("replay: --apply needs a setting to apply (--quantile, --margin, --window, --fixed, "
+        return fail("replay: --apply needs a setting to apply (--quantile, --margin, --window, --fixed, "
                     "--learn-from-anomalies)")
     config: Config | None = None
     calibration: dict[str, Calibration] = {}
     missing: dict[str, str] = {}
     try:
-        since = None if args.since is None else _parse_time(args.since, "--since")
-        until = None if args.until is None else _parse_time(args.until, "--until")
+        since = None if args.since is None else parse_time(args.since, "--since")
+        until = None if args.until is None else parse_time(args.until, "--until")
         if args.config is not None:
             config = load_config(args.config)
             calibration, missing = calibrations_for(config)
@@ -704,10 +687,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         settings = _settings(base, changes)
         records = read_records(journal)
     except (ConfigError, ReplayError, ValueError) as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     known = {r.source for r in records.verdicts} | ({s.name for s in config.sources} if config else set())
     if args.source is not None and args.source not in known:
-        return _err(f"replay: no source {args.source!r} in the journal or the config")
+        return fail(f"replay: no source {args.source!r} in the journal or the config")
     result = replay(records, settings, calibration, source=args.source, since=since, until=until)
     for name, why in missing.items():
         if name in result.sources and settings.fixed is None:
@@ -727,7 +710,7 @@ def _apply(args: argparse.Namespace, config: Config, changes: Mapping[str, Any])
         pid = _target_pid(args)
         change = apply_threshold(args.config, changes, by)
     except (ConfigError, ReplayError, ValueError, OSError) as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     if not change.changed:
         print(f"{args.config}: threshold unchanged, nothing written", file=sys.stderr)
         return 0

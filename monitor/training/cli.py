@@ -9,16 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from monitor.commands import fail
+
 if TYPE_CHECKING:
     from monitor.training.options import TrainOptions
 
 # Heavy imports (TensorFlow) happen inside the handlers, so `monitor --help` stays instant.
-
-
-def _err(msg: str) -> int:
-    for line in msg.splitlines() or [msg]:
-        print(f"error: {line}", file=sys.stderr)
-    return 2
 
 
 # option name -> (flag, help); every TrainOptions field a person may set from the command line. The flags
@@ -111,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         options = training_options(args)
     except (ValueError, TypeError) as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     from monitor.model.bundle import BundleError
     from monitor.training.feedback import FeedbackError, read_feedback
     from monitor.training.train import TrainingDataError, train_bundle
@@ -122,7 +118,7 @@ def _train(args: argparse.Namespace) -> int:
     feedback = old = None
     try:  # feedback and the old bundle are read before training: a typo costs seconds, not a training run
         if args.compare_with and not args.feedback:
-            return _err("--compare-with compares on labelled verdicts: give them with --feedback")
+            return fail("--compare-with compares on labelled verdicts: give them with --feedback")
         if args.feedback:
             feedback = read_feedback(args.feedback)
         if args.compare_with:
@@ -130,7 +126,7 @@ def _train(args: argparse.Namespace) -> int:
         bundle = train_bundle(Path(args.data_dir), Path(args.out), options,
                               progress=None if args.quiet else progress, feedback=feedback)
     except (TrainingDataError, FeedbackError, BundleError) as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     tiling = ""
     if bundle.tiling is not None:
         tiling = " tiles at scale {:g}, stride {}x{}".format(bundle.tiling.scale, *bundle.tile_stride)
@@ -159,7 +155,7 @@ def _export_labels(args: argparse.Namespace) -> int:
     try:
         done = export_labels(args.journal, Path(args.out))
     except FeedbackError as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     counts = ", ".join(f"{label} {c['with_image']}/{c['labelled']}" for label, c in done.counts.items())
     print(f"exported {done.copied} labelled images to {done.folder} ({counts} with an image); "
           f"{done.missing} without an image (listed in {done.folder / 'labels.jsonl'})")
@@ -201,7 +197,7 @@ def _score(args: argparse.Namespace) -> int:
     try:
         bundle = _load(args.bundle)
     except BundleError as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     scorer = BatchScorer(bundle, max_batch=args.batch)
     threshold = bundle.default_threshold
     bad = len(missing)
@@ -228,7 +224,7 @@ def _score(args: argparse.Namespace) -> int:
                 print(f"{s:.6g}\t{'ANOMALY' if anomaly else 'normal'}\t{p}")
         sys.stdout.flush()
     if not paths and not missing:
-        return _err("no image files found in the given paths")
+        return fail("no image files found in the given paths")
     return 2 if bad else 0
 
 
@@ -239,7 +235,7 @@ def _info(args: argparse.Namespace) -> int:
     try:
         bundle = _load(args.bundle)
     except BundleError as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     if args.json:
         print(json.dumps(bundle.meta, indent=2))
     else:
@@ -256,7 +252,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_folders(bundle, Path(args.normal), Path(args.anomaly), max_batch=args.batch,
                                   report_dir=Path(args.report) if args.report else None)
     except (BundleError, EvaluationError) as exc:
-        return _err(str(exc))
+        return fail(str(exc))
     print(json.dumps(result.to_json()) if args.json else format_evaluation(result))
     return 0
 
