@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from throughput import journal_verdicts  # noqa: E402  (benchmarks/throughput.py)
 from tiling import with_tiling  # noqa: E402  (benchmarks/tiling.py)
 
 from monitor import metrics  # noqa: E402
@@ -202,19 +203,6 @@ def stage(folder: Path, pngs: list[bytes], n: int, prefix: str) -> None:
 
 def scored(source: str) -> float:
     return sum(metrics.IMAGES_SCORED.labels(source, o)._value.get() for o in ("normal", "anomaly"))
-
-
-def journal_verdicts(path: Path) -> list[dict]:
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if "score" in rec:
-                out.append(rec)
-    return out
 
 
 def percentile(values: list[float], q: float) -> float:
