@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import platform
+import queue
 import signal
 import threading
 import time
@@ -256,7 +257,12 @@ class Daemon:
         self.context = SourceContext(queue=self.queue, quarantine=self.quarantine, state=out.state,
                                      journal=out.journal, on_event=self.on_event)
         self.sources = SourceSupervisor.from_config(config, self.context)
-        self._stop = threading.Event()
+        # Stop and reload requests reach the main loop through a SimpleQueue, whose put() is reentrant: a signal
+        # handler runs on the main thread, possibly while the interrupted loop holds a lock, and an Event's
+        # set() would wait for that lock forever (a SIGTERM that hung the daemon). `_stopping` is a plain flag
+        # for the same reason.
+        self._stopping = False
+        self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._scorer_alive = time.monotonic()
         self._scorer = StoppableThread("scorer", self._score_loop)
         # Held by the scorer while it processes a batch: a reload swaps the pipeline only between batches.
@@ -331,8 +337,14 @@ class Daemon:
         return AlertDispatcher(config.alerts, config.output.state / "outbox")
 
     def stop(self) -> None:
-        """Stop accepting frames; the scorer finishes what is queued. Safe to call from a signal handler."""
-        self._stop.set()
+        """Ask the daemon to stop: `wait()` drains the queue and closes everything. Takes no lock, so that a
+        signal handler and any thread may call it."""
+        self._stopping = True
+        self._requests.put("stop")
+
+    def request_reload(self) -> None:
+        """Ask the main loop (`wait()`) to reload the config; takes no lock, so that a signal handler may call it."""
+        self._requests.put("reload")
 
     def wait(self) -> int:
         """Block until stop() is called, then drain the queue and close everything; returns the exit code.
@@ -342,7 +354,15 @@ class Daemon:
         code = 0
         interval = systemd.watchdog_interval()
         next_ping = time.monotonic()
-        while not self._stop.wait(0.2 if interval is None else min(0.2, interval)):
+        while not self._stopping:
+            try:
+                request = self._requests.get(timeout=0.2 if interval is None else min(0.2, interval))
+            except queue.Empty:
+                request = None
+            if self._stopping:
+                break
+            if request == "reload":
+                self.reload()
             now = time.monotonic()
             if interval is not None and now >= next_ping:
                 # Ping only while the scorer loop turns: a hung scorer gets the service restarted. A thread that
@@ -369,7 +389,7 @@ class Daemon:
         self.sources.stop()
         self.queue.close()
         self.sources.join()  # a camera blocked in an open or a read returns within its read timeout
-        self._stop.set()
+        self._stopping = True
         self._scorer.stop()
         scorer_ended = self._scorer.join(JOIN_TIMEOUT_S * 2)
         if not scorer_ended:
@@ -397,8 +417,8 @@ class Daemon:
         pipeline (models, thresholds, alert dispatcher) is swapped and sources are removed, replaced or added.
         `output`, `metrics`, `batching` and `scoring` need a restart: a change to them is logged and not applied.
         """
-        if not self._scorer.started or self._stop.is_set():
-            log.warning("reload_ignored reason=%s", "stopping" if self._stop.is_set() else "not_started_yet")
+        if not self._scorer.started or self._stopping:
+            log.warning("reload_ignored reason=%s", "stopping" if self._stopping else "not_started_yet")
             return ReloadResult(False, "the daemon is not running")
         # One reload at a time, never waited for: SIGHUP arriving during a reload runs its handler on this
         # same thread, and the HTTP API calls from another.
@@ -521,7 +541,7 @@ class Daemon:
         """
         interval = systemd.watchdog_interval()
         while not self._batch_lock.acquire(timeout=0.5):
-            if self._stop.is_set():
+            if self._stopping:
                 return False
             if interval is not None and self.outputs.retrying():
                 systemd.notify("WATCHDOG=1")
@@ -853,15 +873,13 @@ IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def request_reload(daemon: Daemon | None) -> None:
-    """SIGHUP: reload the config and the bundles (`Daemon.reload()`, on the main thread, where Python runs
-    signal handlers). Before the daemon is built there is nothing to reload: logged, and the start goes on."""
+    """SIGHUP: the main loop reloads the config and the bundles. Before the daemon is built there is nothing to
+    reload: logged, and the start goes on with the file as it was read."""
     log.info("reload_requested signal=SIGHUP")
-    reload = getattr(daemon, "reload", None)
-    if callable(reload):
-        reload()
+    if daemon is None:
+        log.warning("reload_ignored reason=starting hint=%r", "send SIGHUP again once the daemon is ready")
         return
-    log.warning("reload_unsupported hint=%r", "live reload is not implemented yet: restart the service "
-                "(systemctl restart) to apply a new config or bundle; the daemon keeps running as it is")
+    daemon.request_reload()
 
 
 def run(config: Config, bundle: Bundle | None = None, config_path: Path | None = None) -> int:
