@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from monitor.commands import fail, parse_time
 from monitor.config import ConfigError, load_config
 from monitor.journal import JournalTailRecord, RecordRejected, parse_object_line
-from monitor.replay import LABEL_TRUTH, ReplayError, journal_files
+from monitor.replay import LABEL_TRUTH, ReplayError, existing_journal_files, journal_lines
 
 HOUR_S = 3600.0
 
@@ -67,18 +67,10 @@ def read_journal(journal: str | Path) -> ShadowJournal:
     A line that is not a valid record is skipped and counted, with the journal module's strict parsing (as
     `monitor replay` reads it).
     """
-    files = journal_files(journal)
-    if not files:
-        raise ReplayError(f"{journal}: no journal there (nor rotated files beside it)")
+    files = existing_journal_files(journal)
     out = ShadowJournal(files=files)
-    for path in files:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ReplayError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from None
-        for line in data.split(b"\n"):
-            if line.strip():
-                _read_line(out, line)
+    for _path, _lineno, line in journal_lines(files):
+        _read_line(out, line)
     return out
 
 

@@ -23,7 +23,7 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,10 +113,23 @@ def read_records(journal: str | Path) -> JournalRecords:
     reason, with the journal module's own strict parsing and validation, as the daemon does at start.
     ReplayError when there is no journal at all.
     """
+    files = existing_journal_files(journal)
+    records = JournalRecords(files=files)
+    for path, lineno, line in journal_lines(files):
+        _read_line(records, path, lineno, line)
+    return records
+
+
+def existing_journal_files(journal: str | Path) -> list[Path]:
+    """`journal_files`, or ReplayError when there are none: a command given no journal says so."""
     files = journal_files(journal)
     if not files:
         raise ReplayError(f"{journal}: no journal there (nor rotated files beside it)")
-    records = JournalRecords(files=files)
+    return files
+
+
+def journal_lines(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    """(file, line number, line) of every non-blank line of `files`, in order; ReplayError on a refused read."""
     for path in files:
         try:
             data = path.read_bytes()
@@ -124,8 +137,7 @@ def read_records(journal: str | Path) -> JournalRecords:
             raise ReplayError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from None
         for lineno, line in enumerate(data.split(b"\n"), 1):
             if line.strip():
-                _read_line(records, path, lineno, line)
-    return records
+                yield path, lineno, line
 
 
 def _read_line(records: JournalRecords, path: Path, lineno: int, line: bytes) -> None:

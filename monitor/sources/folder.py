@@ -591,10 +591,7 @@ class FolderSource(PausableSource):
             if key is not None:
                 self.sorter.put(Done(frame.path, key, anomaly, time.time()))
             return
-        with self._lock:
-            key = self._inflight.pop(frame.path, None)
-        if key is not None and (self.sorter is None or os.path.lexists(frame.path)):
-            self.ledger.add(key)
+        self._into_ledger([frame.path])
 
     def acknowledge_many(self, done: list[tuple[Frame, bool]]) -> None:
         """`acknowledge` for one batch's verdicts: one lock round and one ledger write for the kept files."""
@@ -602,9 +599,15 @@ class FolderSource(PausableSource):
             for frame, anomaly in done:
                 self.acknowledge(frame, anomaly)
             return
+        self._into_ledger([frame.path for frame, _ in done if frame.path is not None])
+
+    def _into_ledger(self, paths: list[Path]) -> None:
+        """No longer in flight, so into the ledger; with a Sorter only a file still here (a quarantined file is
+        normally gone, and the ledger need not know it)."""
         with self._lock:
-            keys = [self._inflight.pop(frame.path, None) for frame, _ in done if frame.path is not None]
-        self.ledger.add_many([key for key in keys if key is not None])
+            keys = [(path, self._inflight.pop(path, None)) for path in paths]
+        self.ledger.add_many([key for path, key in keys
+                              if key is not None and (self.sorter is None or os.path.lexists(path))])
 
     def _sorted(self, done: Done, outcome: str) -> None:
         """The Sorter is done with a file (moved, deleted, gone, or kept with its verdict in the ledger)."""
