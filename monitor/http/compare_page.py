@@ -14,12 +14,12 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from monitor.compare import compare, finite, read_journal, table_rows
 from monitor.http.control import Controller
-from monitor.http.review import Access, BadRequest, _time_param
+from monitor.http.review import Access, BadRequest, _time_param, journal_api
 from monitor.replay import ReplayError
 
 Render = Callable[..., HTMLResponse]
@@ -62,16 +62,7 @@ class ComparePage:
         return finite({"journal": journal.counts(), **result.to_json()}), table_rows(result)
 
     async def api(self, request: Request) -> Response:
-        refused = self.access.can_read(request)
-        if refused is not None:
-            return refused
-        try:
-            answer, _ = await run_in_threadpool(self.compute, parse_query(request.query_params))
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        except ReplayError as exc:
-            return JSONResponse({"error": str(exc)}, 404)
-        return JSONResponse(answer)
+        return await journal_api(request, self.access, parse_query, self.compute)
 
     async def page(self, request: Request) -> Response:
         refused = self.access.can_read(request)

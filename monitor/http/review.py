@@ -28,20 +28,24 @@ import math
 import mimetypes
 import os
 import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from monitor import labels as labelling
+from monitor.commands import parse_time
 from monitor.http.control import Controller
 from monitor.http.journal_index import Entry, JournalIndex, Label, Query
+from monitor.replay import ReplayError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ SESSION_COOKIE = "monitor_session"
 DEFAULT_PAGE = 24
 MAX_PAGE = 500
 MAX_FORM_BYTES = 16 * 1024  # a label and a note: anything bigger is not our form
+
+Q = TypeVar("Q")
 
 
 class BadRequest(ValueError):
@@ -175,29 +181,20 @@ def same_origin(request: Request) -> bool:
 
 def _time_param(value: str, name: str) -> float | None:
     """Unix seconds, or an ISO 8601 time (without a zone: this machine's local time, as the page shows it)."""
+    # The command line's parser: a time typed on the page means what it means to `monitor compare` or `replay`.
+    return _float_param(value, name, lambda text: parse_time(text, name), "a time (Unix seconds or ISO 8601)")
+
+
+def _float_param(value: str, name: str, parse: Callable[[str], float] = float,
+                 expected: str = "a number") -> float | None:
+    """`parse(value)`, None for a blank value; BadRequest when `parse` refuses it (ValueError) or it is not finite."""
     value = value.strip()
     if not value:
         return None
     try:
-        number = float(value)
+        number = parse(value)
     except ValueError:
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            raise BadRequest(f"{name}: not a time (Unix seconds or ISO 8601)") from None
-    if not math.isfinite(number):
-        raise BadRequest(f"{name}: not a finite number")
-    return number
-
-
-def _float_param(value: str, name: str) -> float | None:
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise BadRequest(f"{name}: not a number") from None
+        raise BadRequest(f"{name}: not {expected}") from None
     if not math.isfinite(number):
         raise BadRequest(f"{name}: not a finite number")
     return number
@@ -235,6 +232,24 @@ def parse_query(params: Any, default_limit: int = 50) -> Query:
         offset=_int_param(params.get("offset", ""), "offset", 0, 0, 10**7),
         before=before,
     )
+
+
+async def journal_api(request: Request, access: Access, parse: Callable[[Mapping[str, str]], Q],
+                      compute: Callable[[Q], tuple[dict[str, Any], Any]]) -> Response:
+    """A JSON API over the whole journal (`/api/compare`, `/api/whatif`): the read rules, then the first item of
+    `compute(parse(query parameters))`; 400 for a parameter either refuses (BadRequest), 404 for ReplayError (no
+    journal)."""
+    refused = access.can_read(request)
+    if refused is not None:
+        return refused
+    try:
+        # Seconds on a big journal: in the thread pool, never on the event loop (it also serves /metrics).
+        answer, _ = await run_in_threadpool(compute, parse(request.query_params))
+    except BadRequest as exc:
+        return JSONResponse({"error": str(exc)}, 400)
+    except ReplayError as exc:
+        return JSONResponse({"error": str(exc)}, 404)
+    return JSONResponse(answer)
 
 
 # --- views --------------------------------------------------------------------------------------------

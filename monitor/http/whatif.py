@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Route
 
 from monitor.config import ConfigError, ThresholdConfig
 from monitor.http.control import Controller
-from monitor.http.review import Access, BadRequest, _int_param, _time_param
+from monitor.http.review import Access, BadRequest, _int_param, _time_param, journal_api
 from monitor.replay import (
     THRESHOLD_KEYS,
     JournalRecords,
@@ -322,17 +322,8 @@ class WhatIf:
 
     # --- JSON API ------------------------------------------------------------------------------------
     async def api_whatif(self, request: Request) -> Response:
-        refused = self.access.can_read(request)
-        if refused is not None:
-            return refused
-        try:
-            query = parse_query(request.query_params, default_limit=MAX_FLIPS)
-            answer, _ = await run_in_threadpool(self.compute, query)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        except ReplayError as exc:
-            return JSONResponse({"error": str(exc)}, 404)
-        return JSONResponse(answer)
+        return await journal_api(request, self.access, lambda params: parse_query(params, default_limit=MAX_FLIPS),
+                                 self.compute)
 
     async def api_threshold(self, request: Request) -> Response:
         checked = await self.access.json_post(
