@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 from netutil import free_port, wait_until
 
-__all__ = ["DaemonProcess", "free_port", "wait_until"]
+__all__ = ["DaemonProcess", "NotifySocket", "free_port", "wait_until"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,3 +86,25 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class NotifySocket:
+    """A datagram socket at `path` in systemd's place (NOTIFY_SOCKET): `drain` adds what the daemon said since to
+    `messages` and returns them all."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        try:
+            while True:
+                self.messages.append(self.sock.recv(4096).decode())
+        except TimeoutError:
+            return self.messages
+
+    def close(self) -> None:
+        self.sock.close()

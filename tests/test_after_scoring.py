@@ -18,12 +18,11 @@ import pytest
 import requests
 import yaml
 from imagegen import anomalous_image, encode, normal_image
+from inprocess import FolderLine
 
 from monitor import metrics
-from monitor.batching import FrameQueue
 from monitor.config import ConfigError, FolderSourceConfig, load_config
 from monitor.daemon import Daemon
-from monitor.records import Frame
 from monitor.sources.base import NotPausable
 from monitor.sources.folder import FolderSource
 from monitor.sources.ledger import Ledger
@@ -52,41 +51,13 @@ def counter(metric, *labels: str) -> float:
     return metric.labels(*labels)._value.get()
 
 
-class Line:
+class Line(FolderLine):
     """A folder source with its queue, ledger, quarantine and sorted folder under `tmp_path`; `score` plays the
     daemon: it takes frames from the queue and acknowledges each with a verdict, as after the journal's sync."""
 
     def __init__(self, tmp_path: Path, name: str, **options) -> None:
-        self.inbox = tmp_path / "inbox"
         self.sorted = tmp_path / "sorted" / name
-        self.ledger_path = tmp_path / "state" / f"ledger-{name}.jsonl"
-        self.quarantine = tmp_path / "quarantine"
-        self.config = FolderSourceConfig(name=name, folder=self.inbox, settle_ms=20, **options)
-        self.queue = FrameQueue(256)
-        self.source: FolderSource | None = None
-
-    def start(self, records: list[dict] = ()) -> FolderSource:
-        self.source = FolderSource(self.config, self.queue, Ledger(self.ledger_path), Quarantine(self.quarantine),
-                                   self.sorted)
-        self.source.reconcile(list(records))
-        self.source.start()
-        return self.source
-
-    def stop(self) -> None:
-        if self.source is not None:
-            self.source.stop()
-            self.queue.close()
-            self.source.join(5)
-            self.source.close()
-            self.source = None
-            self.queue = FrameQueue(256)
-
-    def frames(self, n: int, timeout: float = 10.0) -> list[Frame]:
-        got: list[Frame] = []
-        deadline = time.monotonic() + timeout
-        while len(got) < n and time.monotonic() < deadline:
-            got += self.queue.collect(max_batch=64, max_wait_s=0.0, poll_s=0.02)
-        return got
+        super().__init__(tmp_path, name, 256, self.sorted, settle_ms=20, **options)
 
     def score(self, n: int, anomalous: set[str] = frozenset()) -> list[str]:
         frames = self.frames(n)

@@ -12,11 +12,10 @@ import cv2
 import numpy as np
 import pytest
 from imagegen import encode, normal_image
+from inprocess import FolderLine
 from netutil import wait_until
 
 from monitor import metrics
-from monitor.batching import FrameQueue
-from monitor.config import FolderSourceConfig
 from monitor.sources.folder import FolderSource, image_is_complete
 from monitor.sources.ledger import Ledger
 from monitor.sources.quarantine import Quarantine
@@ -24,37 +23,12 @@ from monitor.sources.quarantine import Quarantine
 HERE = Path(__file__).parent
 
 
-class Harness:
+class Harness(FolderLine):
     def __init__(self, tmp_path: Path, name: str, capacity: int = 64, **overrides) -> None:
-        self.inbox = tmp_path / "inbox"
-        self.quarantine_dir = tmp_path / "quarantine"
-        self.ledger_path = tmp_path / "state" / f"ledger-{name}.jsonl"
         options = dict(settle_ms=50, stable_s=0.5, incomplete_timeout_s=1.0)
         options.update(overrides)
-        self.config = FolderSourceConfig(name=name, folder=self.inbox, **options)
-        self.queue = FrameQueue(capacity)
-        self.source: FolderSource | None = None
-
-    def start(self) -> FolderSource:
-        self.source = FolderSource(self.config, self.queue, Ledger(self.ledger_path),
-                                   Quarantine(self.quarantine_dir))
-        self.source.start()
-        return self.source
-
-    def stop(self) -> None:
-        if self.source is not None:
-            self.source.stop()
-            self.queue.close()
-            self.source.join(5)
-            self.source.ledger.close()
-            self.source = None
-            self.queue = FrameQueue(self.queue.capacity)
-
-    def frames(self, n: int, timeout: float = 10.0) -> list:
-        got, deadline = [], time.monotonic() + timeout
-        while len(got) < n and time.monotonic() < deadline:
-            got += self.queue.collect(max_batch=64, max_wait_s=0.01, poll_s=0.05)
-        return got
+        super().__init__(tmp_path, name, capacity, **options)
+        self.quarantine_dir = self.quarantine  # the name these tests and tests/faults use
 
     def quiet_for(self, seconds: float) -> list:
         return self.frames(10**6, timeout=seconds)

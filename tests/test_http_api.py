@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,14 +14,13 @@ import numpy as np
 import pytest
 import requests
 from imagegen import encode, normal_image
+from inprocess import Served, make_daemon, serve
 from netutil import wait_until
 
 from monitor import metrics
-from monitor.config import parse_config
 from monitor.daemon import Daemon
 from monitor.http.control import DaemonController
 from monitor.http.server import HttpServer
-from monitor.model.bundle import load_bundle
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,16 +29,6 @@ TOKEN = "s3cret-token-for-tests"
 
 def png(seed: int) -> bytes:
     return encode(normal_image(np.random.default_rng(seed), 32))
-
-
-def make_daemon(workdir: Path, bundle: Path) -> Daemon:
-    """A daemon with two folder sources; the metrics server of today is off: the test starts ours."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    sources = [{"name": "line1", "folder": "inbox1", "settle_ms": 20},
-               {"name": "line2", "folder": "inbox2", "settle_ms": 20}]
-    config = parse_config({"model": str(bundle), "sources": sources, "metrics": {"enabled": False}},
-                          workdir / "config.yaml")
-    return Daemon(config, load_bundle(bundle))
 
 
 def verdicts(daemon: Daemon, source: str) -> list[str]:
@@ -52,28 +40,9 @@ def verdicts(daemon: Daemon, source: str) -> list[str]:
     return [Path(r["path"]).name for r in records if "score" in r and r.get("source") == source]
 
 
-class Served:
-    """A started daemon and its HTTP server on a free loopback port."""
-
-    def __init__(self, daemon: Daemon, server: HttpServer) -> None:
-        self.daemon = daemon
-        self.server = server
-        self.url = f"http://127.0.0.1:{server.port}"
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_bundle) -> Iterator[Served]:
-    daemon = make_daemon(tmp_path_factory.mktemp("http-daemon"), tiny_bundle)
-    server = HttpServer("127.0.0.1", 0, DaemonController(daemon))
-    server.start()
-    daemon.start()
-    waiter = threading.Thread(target=daemon.wait, name="daemon-wait")
-    waiter.start()
-    yield Served(daemon, server)
-    daemon.stop()
-    waiter.join(30)
-    server.stop()
-    assert server.join(5)
+    yield from serve(make_daemon(tmp_path_factory.mktemp("http-daemon"), tiny_bundle))
 
 
 def extra_server(served: Served, host: str, token_file: Path | None = None) -> HttpServer:

@@ -3,48 +3,26 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from inprocess import Served, make_daemon, serve
 from netutil import free_port
 
-from monitor.config import parse_config
-from monitor.daemon import Daemon
 from monitor.http.control import DaemonController
 from monitor.http.ctl import main
 from monitor.http.server import HttpServer
-from monitor.model.bundle import load_bundle
 
 pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "ctl-test-token"
 
 
-class Served:
-    def __init__(self, daemon: Daemon, server: HttpServer) -> None:
-        self.daemon = daemon
-        self.server = server
-        self.url = f"http://127.0.0.1:{server.port}"
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_bundle) -> Iterator[Served]:
-    workdir = tmp_path_factory.mktemp("ctl-daemon")
-    config = parse_config({"model": str(tiny_bundle), "sources": [{"name": "line1", "folder": "inbox"}],
-                           "metrics": {"enabled": False}}, workdir / "config.yaml")
-    daemon = Daemon(config, load_bundle(tiny_bundle))
-    server = HttpServer("127.0.0.1", 0, DaemonController(daemon))
-    server.start()
-    daemon.start()
-    waiter = threading.Thread(target=daemon.wait, name="daemon-wait")
-    waiter.start()
-    yield Served(daemon, server)
-    daemon.stop()
-    waiter.join(30)
-    server.stop()
-    server.join(5)
+    daemon = make_daemon(tmp_path_factory.mktemp("ctl-daemon"), tiny_bundle, [{"name": "line1", "folder": "inbox"}])
+    yield from serve(daemon)
 
 
 @pytest.fixture

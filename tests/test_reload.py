@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
-from daemon_proc import DaemonProcess, free_port, wait_until
+from daemon_proc import DaemonProcess, NotifySocket, free_port, wait_until
 from reload_util import Streamer, bundle_variant, drop_one, metric, rewrite_config, scrape
 
 pytestmark = pytest.mark.slow
@@ -156,21 +155,10 @@ def test_a_broken_config_or_bundle_keeps_the_old_one_running(tmp_path, tiny_bund
 
 
 def test_reload_speaks_the_notify_protocol_reloading_then_ready(tmp_path, tiny_bundle, subprocess_env):
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.2)
-    env = dict(subprocess_env, NOTIFY_SOCKET=str(sock_path))
+    notify = NotifySocket(tmp_path / "notify.sock")
+    env = dict(subprocess_env, NOTIFY_SOCKET=str(notify.path))
     proc = DaemonProcess(tmp_path / "d", base_config(tiny_bundle), env)
-    messages: list[str] = []
-
-    def drain() -> list[str]:
-        try:
-            while True:
-                messages.append(sock.recv(4096).decode())
-        except TimeoutError:
-            return messages
-
+    messages, drain = notify.messages, notify.drain
     try:
         proc.start()
         wait_until(lambda: any(m.startswith("READY=1") for m in drain()), 30)
@@ -181,7 +169,7 @@ def test_reload_speaks_the_notify_protocol_reloading_then_ready(tmp_path, tiny_b
         wait_until(lambda: any(m.startswith("READY=1") for m in drain()), 30)
     finally:
         proc.kill()
-        sock.close()
+        notify.close()
     reloading = [i for i, m in enumerate(messages) if m.startswith("RELOADING=1")]
     ready = [i for i, m in enumerate(messages) if m.startswith("READY=1")]
     assert len(reloading) == 1 and len(ready) == 1 and reloading[0] < ready[0], messages

@@ -4,10 +4,10 @@ latest wins, never duplicated), tokens, and refusal of cross-site label posts.""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import inprocess
 import numpy as np
 import pytest
 import requests
@@ -15,7 +15,6 @@ from imagegen import anomalous_image, encode, normal_image
 from netutil import wait_until
 
 from monitor import metrics
-from monitor.config import parse_config
 from monitor.daemon import Daemon
 from monitor.http.control import DaemonController
 from monitor.http.server import HttpServer
@@ -43,13 +42,11 @@ def label_lines(daemon: Daemon, vid: str) -> list[dict]:
     return [r for r in journal_records(daemon) if r.get("verdict") == vid and "label" in r]
 
 
-class Served:
+class Served(inprocess.Served):
     """A started daemon and a review server on a free loopback port."""
 
     def __init__(self, daemon: Daemon, server: HttpServer) -> None:
-        self.daemon = daemon
-        self.server = server
-        self.url = f"http://127.0.0.1:{server.port}"
+        super().__init__(daemon, server)
         self._n = 0
 
     def drop(self, source: str, anomalous: bool, seed: int | None = None) -> dict:
@@ -64,27 +61,8 @@ class Served:
         return record
 
 
-def make_daemon(workdir: Path, bundle: Path) -> Daemon:
-    workdir.mkdir(parents=True, exist_ok=True)
-    sources = [{"name": "line1", "folder": "inbox1", "settle_ms": 20},
-               {"name": "line2", "folder": "inbox2", "settle_ms": 20}]
-    config = parse_config({"model": str(bundle), "sources": sources, "metrics": {"enabled": False}},
-                          workdir / "config.yaml")
-    return Daemon(config, load_bundle(bundle))
-
-
 def serve(tmp_path_factory: pytest.TempPathFactory, bundle: Path) -> Iterator[Served]:
-    daemon = make_daemon(tmp_path_factory.mktemp("review-daemon"), bundle)
-    server = HttpServer("127.0.0.1", 0, DaemonController(daemon))
-    server.start()
-    daemon.start()
-    waiter = threading.Thread(target=daemon.wait, name="daemon-wait")
-    waiter.start()
-    yield Served(daemon, server)
-    daemon.stop()
-    waiter.join(30)
-    server.stop()
-    assert server.join(5)
+    yield from inprocess.serve(inprocess.make_daemon(tmp_path_factory.mktemp("review-daemon"), bundle), Served)
 
 
 @pytest.fixture(scope="module")

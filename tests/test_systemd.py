@@ -128,24 +128,13 @@ def test_watchdog_interval_is_half_of_watchdog_sec(monkeypatch):
 
 
 def test_daemon_reports_ready_pings_the_watchdog_and_says_stopping(tmp_path, tiny_bundle, subprocess_env):
-    from daemon_proc import DaemonProcess, wait_until
+    from daemon_proc import DaemonProcess, NotifySocket, wait_until
 
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.2)
-    env = dict(subprocess_env, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    env = dict(subprocess_env, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="400000")
     config = {"model": str(tiny_bundle), "sources": [{"name": "a", "folder": "inbox"}], "metrics": {"enabled": False}}
     proc = DaemonProcess(tmp_path / "d", config, env)
-    messages: list[str] = []
-
-    def drain() -> list[str]:
-        try:
-            while True:
-                messages.append(sock.recv(4096).decode())
-        except TimeoutError:
-            return messages
-
+    messages, drain = notify.messages, notify.drain
     try:
         proc.start()
         wait_until(lambda: any("WATCHDOG=1" in m for m in drain()), timeout=15)
@@ -153,6 +142,6 @@ def test_daemon_reports_ready_pings_the_watchdog_and_says_stopping(tmp_path, tin
         drain()
     finally:
         proc.kill()
-        sock.close()
+        notify.close()
     assert any(m.startswith("READY=1") for m in messages)
     assert messages[-1] == "STOPPING=1"
