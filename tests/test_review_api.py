@@ -125,19 +125,23 @@ def test_evidence_is_served_only_by_a_known_verdict_id(served, path):
     assert b"root:" not in response.content
 
 
-def test_evidence_a_journal_line_places_outside_the_evidence_folder_is_not_served(served, tmp_path):
-    # A hand-edited journal line: a valid id whose evidence is another file. The server reads only inside
-    # output.evidence.
+@pytest.mark.parametrize(("key", "folder", "route", "ids"), [("evidence", "evidence", "evidence", "ef"),
+                                                            ("original", "originals", "originals", "cd")])
+def test_a_file_a_journal_line_places_outside_its_output_folder_is_not_served(served, tmp_path, key, folder, route,
+                                                                              ids):
+    # A hand-edited journal line: a valid id whose evidence or original is another file. The server reads only
+    # inside the output folder of that kind.
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"not for the page")
-    evidence = served.daemon.config.output.evidence
-    record = dict(served.drop("line1", anomalous=True), id="e" * 32, evidence=str(secret))
-    sneaky = dict(record, id="f" * 32, evidence=str(evidence / ".." / secret.name))
+    inside = getattr(served.daemon.config.output, folder)
+    # Ids of their own per case: the served daemon and its journal are shared by the module.
+    record = dict(served.drop("line1", anomalous=True), id=ids[0] * 32, **{key: str(secret)})
+    sneaky = dict(record, id=ids[1] * 32, **{key: str(inside / ".." / secret.name)})
     served.daemon.journal.append(record)
     served.daemon.journal.append(sneaky)
-    for vid in ("e" * 32, "f" * 32):
+    for vid in (ids[0] * 32, ids[1] * 32):
         assert requests.get(f"{served.url}/api/verdicts/{vid}", timeout=10).status_code == 200
-        assert requests.get(f"{served.url}/evidence/{vid}", timeout=10).status_code == 404
+        assert requests.get(f"{served.url}/{route}/{vid}", timeout=10).status_code == 404
 
 
 def test_a_flagged_file_is_kept_whole_and_served_by_its_verdict_id(served):
@@ -157,19 +161,6 @@ def test_a_normal_verdict_keeps_no_original_by_default(served):
     record = served.drop("line2", anomalous=False)
     assert "original" not in record
     assert requests.get(f"{served.url}/originals/{record['id']}", timeout=10).status_code == 404
-
-
-def test_an_original_a_journal_line_places_outside_the_originals_folder_is_not_served(served, tmp_path):
-    secret = tmp_path / "secret.png"
-    secret.write_bytes(b"not for the page")
-    originals = served.daemon.config.output.originals
-    record = dict(served.drop("line1", anomalous=True), id="c" * 32, original=str(secret))
-    sneaky = dict(record, id="d" * 32, original=str(originals / ".." / secret.name))
-    served.daemon.journal.append(record)
-    served.daemon.journal.append(sneaky)
-    for vid in ("c" * 32, "d" * 32):
-        assert requests.get(f"{served.url}/api/verdicts/{vid}", timeout=10).status_code == 200
-        assert requests.get(f"{served.url}/originals/{vid}", timeout=10).status_code == 404
 
 
 # --- labelling -----------------------------------------------------------------------------------
