@@ -412,7 +412,8 @@ class Daemon:
     def reload(self) -> ReloadResult:
         """Re-read the config file and apply it without a restart; the old config runs on when it fails.
 
-        Runs on the main thread (SIGHUP, or the HTTP API). Loading and warming changed bundles happens first,
+        Runs on the main loop (SIGHUP, through `request_reload`) or on the HTTP server's side (`POST /-/reload`,
+        which answers with the result). Loading and warming changed bundles happens first,
         beside the running models, while the scorer goes on with them; then, between two batches, the
         pipeline (models, thresholds, alert dispatcher) is swapped and sources are removed, replaced or added.
         `output`, `metrics`, `batching` and `scoring` need a restart: a change to them is logged and not applied.
@@ -420,8 +421,7 @@ class Daemon:
         if not self._scorer.started or self._stopping:
             log.warning("reload_ignored reason=%s", "stopping" if self._stopping else "not_started_yet")
             return ReloadResult(False, "the daemon is not running")
-        # One reload at a time, never waited for: SIGHUP arriving during a reload runs its handler on this
-        # same thread, and the HTTP API calls from another.
+        # One reload at a time, never waited for: the main loop and the HTTP API may ask at the same time.
         if not self._reload_lock.acquire(blocking=False):
             log.warning("reload_ignored reason=already_reloading")
             return ReloadResult(False, "a reload is already running")
