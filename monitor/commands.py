@@ -1,9 +1,13 @@
-"""What every `monitor` subcommand's handler shares: its error lines, and how a time flag is read."""
+"""What every `monitor` subcommand's handler shares: its error lines, how a time flag is read, and JSON-safe figures
+(also for the HTTP API, which answers with the same figures)."""
 
 from __future__ import annotations
 
+import math
 import sys
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 
 def fail(msg: str) -> int:
@@ -23,3 +27,15 @@ def parse_time(text: str, flag: str) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise ValueError(f"{flag}: not Unix seconds or an ISO 8601 time: {text!r}") from None
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float as None, through dicts and sequences: JSON has no Infinity (a source
+    without verdicts to start its window from has an infinite threshold)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, Iterable) and not isinstance(value, str):
+        return [finite(v) for v in value]
+    return value

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from monitor.commands import fail, parse_time
+from monitor.commands import fail, finite, parse_time
 from monitor.config import ConfigError, load_config
 from monitor.journal import JournalTailRecord, RecordRejected, parse_object_line
 from monitor.replay import LABEL_TRUTH, ReplayError, existing_journal_files, journal_lines
@@ -329,14 +328,3 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(format_table(journal, result))
     return 0
-
-
-def finite(value: Any) -> Any:
-    """`value` with every non-finite float as None (JSON has no Infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, Iterable) and not isinstance(value, str):
-        return [finite(v) for v in value]
-    return value

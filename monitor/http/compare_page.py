@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from monitor.compare import compare, finite, read_journal, table_rows
+from monitor.commands import finite
+from monitor.compare import compare, read_journal, table_rows
 from monitor.http.control import Controller
 from monitor.http.review import Access, BadRequest, _time_param, journal_api
 from monitor.replay import ReplayError

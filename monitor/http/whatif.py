@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from monitor.commands import finite
 from monitor.config import ConfigError, ThresholdConfig
 from monitor.http.control import Controller
 from monitor.http.review import Access, BadRequest, _int_param, _time_param, journal_api
@@ -139,18 +140,6 @@ def settings_for(base: ThresholdConfig, changes: Mapping[str, Any]) -> Threshold
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"]) or "fixed, quantile"
         raise BadRequest(f"{key}: {err['msg']}") from None
-
-
-def _finite(value: Any) -> Any:
-    """`value` with every non-finite float as None: JSON has no Infinity (a source without verdicts to start
-    its window from has an infinite threshold)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 # --- the replay -------------------------------------------------------------------------------------------
@@ -275,7 +264,7 @@ class WhatIf:
             "changed": changed,
             "changed_total": len(result.changed),
         }
-        return _finite(answer), result
+        return finite(answer), result
 
     def apply(self, changes: dict[str, Any], by: str) -> tuple[int, dict[str, Any]]:
         """Write `changes` into the config file, journal them and reload: (HTTP status, answer)."""
@@ -318,7 +307,7 @@ class WhatIf:
         answer = {"written": True, "changed": {k: list(v) for k, v in change.changed.items()}, "old": change.old,
                   "new": change.new, "by": by, "detail": event["detail"], "journal": journal,
                   "reload": {"ok": ok, "message": message}}
-        return (200 if ok else 500), _finite(answer)
+        return (200 if ok else 500), finite(answer)
 
     # --- JSON API ------------------------------------------------------------------------------------
     async def api_whatif(self, request: Request) -> Response:
