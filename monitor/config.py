@@ -370,7 +370,7 @@ def parse_config(data: Any, path: Path) -> Config:
     _check_models_known(config, path)
     _check_folders_apart(config, path)
     _check_outputs_unwatched(config, path)
-    _check_sorted_folders(config, path)
+    _check_pruned_trees(config, path)
     _check_scoring(config, path)
     return config
 
@@ -410,25 +410,33 @@ def _real(path: Path) -> Path:
         return path
 
 
-def _check_sorted_folders(config: Config, path: Path) -> None:
-    """ConfigError naming `sources[i].sorted_folder` when a `move` source's sorted folder overlaps a watched
-    folder (its files would be scored again, or retention would delete unscored ones), an output folder
-    (retention would delete evidence or state), or another source's sorted folder (each retention would count
-    and delete the other's files)."""
+def _check_pruned_trees(config: Config, path: Path) -> None:
+    """ConfigError when a folder that retention prunes by age and size overlaps what it must not touch.
+
+    Two kinds of tree are pruned: a `move` source's sorted folder and `output.originals`. Retention deletes
+    whatever such a tree holds, so no watched folder, other output (evidence, quarantine, state, the journal)
+    or other pruned tree may lie inside one. A sorted folder must not lie inside any of them either (its files
+    would be scored again); originals inside a watched folder is `_check_outputs_unwatched`'s question.
+    """
     others: list[tuple[str, Path]] = [(f"the folder source {s.name!r} watches", _real(s.folder))
                                       for s in config.folder_sources]
     others += [(f"output.{key}", _real(getattr(config.output, key)))
-               for key in ("evidence", "quarantine", "state", "originals")]
-    seen: list[tuple[str, Path]] = []
+               for key in ("evidence", "quarantine", "state", "journal")]
+    originals = _real(config.output.originals)
+    for what, other in others:
+        if other.is_relative_to(originals):
+            raise ConfigError(f"{path}: output.originals: {other} ({what}) lies inside {originals}, which "
+                              "retention prunes by age and size: keep the originals folder apart")
+    others.append(("output.originals", originals))
     for i, source in enumerate(config.sources):
         if not isinstance(source, FolderSourceConfig) or source.after_scoring != "move":
             continue
         mine = _real(sorted_folder_of(source, config.output.state))
-        for what, other in others + seen:
+        for what, other in others:
             if mine.is_relative_to(other) or other.is_relative_to(mine):
                 raise ConfigError(f"{path}: sources[{i}].sorted_folder: {mine} overlaps {other} ({what}): "
                                   "the sorted folder must be outside every watched, output and sorted folder")
-        seen.append((f"the sorted folder of {source.name!r}", mine))
+        others.append((f"the sorted folder of {source.name!r}", mine))
 
 
 DEFAULT_MODEL = "default"

@@ -79,7 +79,13 @@ class OriginalStore:
             day = time.strftime("%Y-%m-%d", time.localtime(frame.frame_time))
             path = self.folder / safe_name(frame.source) / day / f"{verdict_id}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, data)
+            try:
+                atomic_write(path, data)
+            except FileNotFoundError:
+                # Retention's thread removes empty folders: one it took between the mkdir and the write (a
+                # new day's or source's folder) is made again, once.
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, data)
         except OSError as exc:
             self.outputs.failed("originals", exc, "no_original")
             return None

@@ -13,6 +13,7 @@ import pytest
 from imagegen import encode, normal_image
 
 from monitor import metrics
+from monitor import originals as originals_module
 from monitor.config import ConfigError, load_config, parse_config
 from monitor.originals import OriginalStore
 from monitor.outputs import OutputGuard
@@ -111,6 +112,24 @@ def test_a_refused_write_costs_the_copy_and_is_reported_then_recovers(tmp_path):
     assert guard.blocked() == []
 
 
+def test_a_folder_retention_removes_between_mkdir_and_write_is_made_again(tmp_path, monkeypatch):
+    # The race a real retention thread wins only by chance: the fresh, still empty day folder goes just before
+    # the write. Staged here by removing it in the write's first call.
+    store, guard = store_of(tmp_path, config_of(tmp_path))
+    real_write, calls = originals_module.atomic_write, []
+
+    def write_after_retention(path, data):  # noqa: ANN001, ANN202
+        calls.append(path)
+        if len(calls) == 1:
+            os.rmdir(path.parent)
+        return real_write(path, data)
+
+    monkeypatch.setattr(originals_module, "atomic_write", write_after_retention)
+    kept = store.keep(file_frame(tmp_path), new_verdict_id(), anomaly=True)
+    assert kept is not None and kept.is_file() and len(calls) == 2
+    assert guard.blocked() == []
+
+
 def test_retention_removes_the_old_copies_then_the_oldest_beyond_the_byte_limit(tmp_path):
     store, _ = store_of(tmp_path, config_of(tmp_path, {"max_age_days": 1, "max_bytes": 2500}))
     now = time.time()
@@ -144,6 +163,20 @@ def test_the_originals_folder_inside_a_watched_folder_is_a_config_error_naming_t
     path = tmp_path / "config.yaml"
     path.write_text("sources: [{name: a, folder: in}]\noutput: {originals: in/kept}\n")
     with pytest.raises(ConfigError, match=r"config.yaml: output.originals: .* inside the folder .* 'a' watches"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("folder", "output", "inside"), [
+    ("data/in", "{originals: data}", "the folder source 'a' watches"),
+    ("in", "{originals: data, journal: data/journal.jsonl}", "output.journal"),
+    ("in", "{originals: data, evidence: data/evidence}", "output.evidence"),
+])
+def test_an_originals_folder_holding_a_watched_folder_or_another_output_is_a_config_error(tmp_path, folder, output,
+                                                                                        inside):
+    # Retention prunes the originals tree by age and size: whatever else lies inside it would be deleted.
+    path = tmp_path / "config.yaml"
+    path.write_text(f"sources: [{{name: a, folder: {folder}}}]\noutput: {output}\n")
+    with pytest.raises(ConfigError, match=rf"config.yaml: output.originals: .* \({inside}\) lies inside"):
         load_config(path)
 
 
