@@ -400,8 +400,6 @@ class Review:
         by, data = checked
         vid = request.path_params["vid"]
         # The journal write and its fsync block: off the event loop, as every other controller call.
-        from starlette.concurrency import run_in_threadpool
-
         record, refused = await run_in_threadpool(self.label, vid, data.get("label"), data.get("note"), by or "")
         if refused is not None:
             return refused
@@ -502,8 +500,6 @@ class Review:
             return checked
         by, form = checked
         vid = request.path_params["vid"]
-        from starlette.concurrency import run_in_threadpool
-
         _record, refused = await run_in_threadpool(self.label, vid, (form.get("label") or [None])[0],
                                                    (form.get("note") or [""])[0], by)
         if refused is not None:
