@@ -20,9 +20,14 @@ def fail(msg: str) -> int:
 def parse_time(text: str, flag: str) -> float:
     """A time flag as Unix seconds: Unix seconds, or ISO 8601 (a time without a zone is local time)."""
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        # nan compares false with every time, so `--since nan` would silently count nothing.
+        if not math.isfinite(number):
+            raise ValueError(f"{flag}: not a finite time: {text!r}")
+        return number
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:

@@ -428,6 +428,8 @@ def test_the_cli_replays_a_configs_journal_with_its_bundles(tmp_path, capsys):
     ["--journal", "J", "--window", "3"],
     ["--journal", "J", "--fixed", "0.1", "--quantile", "0.9"],
     ["--journal", "J", "--since", "yesterday"],
+    ["--journal", "J", "--since", "nan"],
+    ["--journal", "J", "--until", "inf"],
     ["--journal", "J", "--apply", "--fixed", "0.1"],
     ["--journal", "missing.jsonl"],
     ["--journal", "J", "--source", "nobody"],
