@@ -7,6 +7,7 @@ after retraining with them labelled `false_alarm` they sit near it, while the de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from monitor.cli import main
 from monitor.images import read_image
 from monitor.labels import DEFECT, FALSE_ALARM, MISSED_DEFECT, label_record
 from monitor.model.bundle import META_FILE, load_bundle
-from monitor.training.compare import FEEDBACK_JSON, FEEDBACK_MD
+from monitor.training.compare import FEEDBACK_JSON, FEEDBACK_MD, compare_feedback
 from monitor.training.feedback import (
     EXPORT_INDEX,
     Feedback,
@@ -171,6 +172,22 @@ def test_missing_original_is_reported_not_fatal(case: Case) -> None:
     fallback = next(v for v in feedback.verdicts if v.id == _vid(30))
     assert fallback.image == case.missed  # the original expired; the scored file was used
     assert feedback.bad_lines == 1  # the line that is not a record
+
+
+def test_an_image_gone_during_training_is_reported_missing_not_a_traceback(case: Case, tiny_bundle: Path,
+                                                                          tmp_path: Path) -> None:
+    # Readable when the feedback was read, deleted before the report scores it (the bundle is saved by then).
+    feedback = read_feedback([case.journal])
+    victim = next(v for v in feedback.verdicts if v.id == _vid(20))
+    copy = tmp_path / "copy.png"
+    shutil.copyfile(victim.image, copy)
+    feedback.verdicts[feedback.verdicts.index(victim)] = dataclasses.replace(victim, image=copy)
+    copy.unlink()
+    comparison = compare_feedback(load_bundle(tiny_bundle), feedback)
+    assert _vid(20) not in {r.verdict.id for r in comparison.rows}
+    gone = next(v for v in comparison.missing if v.id == _vid(20))
+    assert gone.image is None and "no longer a readable image" in gone.problem
+    assert comparison.summary()["missing_images"] == 2  # with the one whose original had expired
 
 
 def test_export_round_trip_gives_the_same_selection(case: Case, tmp_path: Path) -> None:

@@ -12,11 +12,14 @@ model's training set, so their new scores are training scores: optimistic. The d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from monitor.images import read_image
 from monitor.labels import DEFECT, FALSE_ALARM, LABELS, MISSED_DEFECT
@@ -112,13 +115,9 @@ class Comparison:
                         "are training scores"}
 
 
-def _scores(bundle: Bundle, paths: list[Path]) -> list[Verdict]:
+def _scores(bundle: Bundle, images: list[np.ndarray]) -> list[Verdict]:
     from monitor.training.train import calibration_scores
 
-    images = [read_image(p) for p in paths]
-    if any(im is None for im in images):  # read when the feedback was read: gone since
-        raise ValueError("a labelled image became unreadable during training: "
-                         + ", ".join(str(p) for p, im in zip(paths, images, strict=True) if im is None))
     scores = calibration_scores(bundle, images)  # BatchScorer.score: as `monitor score` and the daemon
     threshold = bundle.default_threshold
     return [Verdict(float(s), threshold) for s in scores]
@@ -128,17 +127,28 @@ def compare_feedback(new: Bundle, feedback: Feedback, old: Bundle | None = None,
                      trained_on: frozenset[str] = frozenset()) -> Comparison:
     """Score every labelled verdict with an image by the new bundle and the old one (else as recorded)."""
     labelled = sorted(feedback.with_image, key=lambda v: (LABELS.index(v.label), v.id))
-    paths = [v.image for v in labelled if v.image is not None]
-    new_verdicts = _scores(new, paths) if paths else []
+    # Decoded once, for both models. An image that was readable when the feedback was read and is not now
+    # (deleted or rewritten during training) joins the verdicts without an image, as it would have then: the
+    # bundle is saved by now, and its report must not end in a traceback.
+    scored, images, gone = [], [], []
+    for v in labelled:
+        image = read_image(v.image) if v.image is not None else None
+        if image is None:
+            gone.append(dataclasses.replace(v, image=None, problem=f"{v.image}: no longer a readable image"))
+            log.warning("feedback_image_gone verdict=%s path=%s", v.id, v.image)
+        else:
+            scored.append(v)
+            images.append(image)
+    new_verdicts = _scores(new, images) if images else []
     if old is not None:
-        old_verdicts: list[Verdict | None] = list(_scores(old, paths)) if paths else []
+        old_verdicts: list[Verdict | None] = list(_scores(old, images)) if images else []
     else:
         old_verdicts = [Verdict(v.score, v.threshold) if v.score is not None and v.threshold is not None else None
-                        for v in labelled]
+                        for v in scored]
     rows = [ComparedVerdict(v, o, n, v.id in trained_on)
-            for v, o, n in zip(labelled, old_verdicts, new_verdicts, strict=True)]
+            for v, o, n in zip(scored, old_verdicts, new_verdicts, strict=True)]
     return Comparison(old=str(old.path) if old is not None else RECORDED, new=str(new.path), rows=rows,
-                      missing=feedback.missing)
+                      missing=feedback.missing + gone)
 
 
 def _pct(value: float | None) -> str:
