@@ -568,7 +568,9 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
 
     `feedback` (monitor/training/feedback.py): its false alarms join the training split, oversampled; its
     defect-labelled images never do (nor copies of them in data_dir). Validation, calibration and the choice
-    of settings stay on the normal images alone.
+    of settings are judged on held-out normal images alone; what is fitted on the training inputs (the
+    weights, a density's Gaussian) sees the false alarms too, since they are normal parts, and
+    `training.train_images` counts their copies.
     """
     options = options or TrainOptions()
     options.validate()
