@@ -363,3 +363,31 @@ def test_the_static_files_are_served_from_the_package(served):
     css = requests.get(f"{served.url}/static/review.css", timeout=10)
     assert css.status_code == 200 and ".gallery" in css.text
     assert requests.get(f"{served.url}/static/../app.py", timeout=10).status_code == 404
+
+
+# --- the journal cache of the what-if and compare pages ------------------------------------------------------
+
+def test_the_journal_is_read_once_until_a_line_is_appended_or_it_rotates(tmp_path):
+    from monitor.http.review import JournalCache
+    from monitor.replay import read_records
+
+    journal = tmp_path / "journal.jsonl"
+    line = json.dumps({"id": "a" * 32, "time": 1.0, "frame_time": 1.0, "source": "s", "score": 0.1,
+                       "threshold": 0.2, "anomaly": False}) + "\n"
+    journal.write_text(line)
+    reads: list[int] = []
+
+    def read(path):  # noqa: ANN001, ANN202 - the real reader, counted
+        records = read_records(path)
+        reads.append(len(records.verdicts))
+        return records
+
+    cache = JournalCache(read)
+    first = cache.get(journal)
+    assert cache.get(journal) is first and reads == [1]
+    with journal.open("a") as f:
+        f.write(line.replace("a" * 32, "b" * 32))
+    assert len(cache.get(journal).verdicts) == 2 and reads == [1, 2]
+    journal.rename(tmp_path / "journal.jsonl.1")  # a rotation: the same lines under another name
+    journal.write_text("")
+    assert len(cache.get(journal).verdicts) == 2 and reads == [1, 2, 2]

@@ -2,12 +2,12 @@
 (JSON), with `monitor compare`'s code (`monitor.compare`), so page, API and command line give the same figures.
 
 Reading follows the review's read rules. The comparison reads the whole journal: it runs in the server's
-thread pool (never on the event loop, which also serves /metrics), one at a time.
+thread pool (never on the event loop, which also serves /metrics), one at a time, and is reused until a
+journal file changes (as the what-if page's).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from monitor.commands import finite
 from monitor.compare import compare, read_journal, table_rows
 from monitor.http.control import Controller
-from monitor.http.review import Access, BadRequest, _time_param, journal_api
+from monitor.http.review import Access, BadRequest, JournalCache, _time_param, journal_api
 from monitor.replay import ReplayError
 
 Render = Callable[..., HTMLResponse]
@@ -49,15 +49,15 @@ class ComparePage:
         self.controller = controller
         self.access = access
         self.render = render
-        self._lock = threading.Lock()  # one journal read at a time: they are seconds on a big journal
+        # One read at a time (seconds on a big journal), reused until a journal file changes.
+        self._journal = JournalCache(read_journal)
 
     def routes(self) -> list[BaseRoute]:
         return [Route("/compare", self.page, methods=["GET"]), Route("/api/compare", self.api, methods=["GET"])]
 
     def compute(self, query: CompareQuery) -> tuple[dict[str, Any], list[list[str]]]:
         """(the API's answer, the table's rows); ReplayError when there is no journal."""
-        with self._lock:
-            journal = read_journal(self.controller.journal_path())
+        journal = self._journal.get(self.controller.journal_path())
         result = compare(journal, source=query.source, since=query.since, until=query.until)
         # Counts only, never the journal's paths (the API names no path).
         return finite({"journal": journal.counts(), **result.to_json()}), table_rows(result)

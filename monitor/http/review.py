@@ -27,11 +27,12 @@ import logging
 import math
 import mimetypes
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -45,7 +46,7 @@ from monitor import labels as labelling
 from monitor.commands import parse_time
 from monitor.http.control import Controller
 from monitor.http.journal_index import Entry, JournalIndex, Label, Query
-from monitor.replay import ReplayError
+from monitor.replay import ReplayError, journal_files
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ MAX_PAGE = 500
 MAX_FORM_BYTES = 16 * 1024  # a label and a note: anything bigger is not our form
 
 Q = TypeVar("Q")
+T = TypeVar("T")
 
 
 class BadRequest(ValueError):
@@ -250,6 +252,37 @@ async def journal_api(request: Request, access: Access, parse: Callable[[Mapping
     except ReplayError as exc:
         return JSONResponse({"error": str(exc)}, 404)
     return JSONResponse(answer)
+
+
+class JournalCache(Generic[T]):
+    """The journal (with its rotated files) as `read` returned it, read again only when a file changed: a line
+    appended, a rotation (a new inode under a name). One read at a time: a request that waited reuses it."""
+
+    def __init__(self, read: Callable[[Path], T]) -> None:
+        self.read = read
+        self._lock = threading.Lock()
+        self._signature: tuple = ()
+        self._value: T | None = None
+
+    def get(self, journal: Path) -> T:
+        """`read(journal)`, or the last result while no journal file has changed since."""
+        with self._lock:
+            signature = _signature(journal)
+            if self._value is None or signature != self._signature:
+                self._value = self.read(journal)
+                self._signature = signature
+            return self._value
+
+
+def _signature(journal: Path) -> tuple:
+    out = []
+    for path in journal_files(journal):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        out.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 # --- views --------------------------------------------------------------------------------------------

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -37,14 +35,13 @@ from starlette.routing import BaseRoute, Route
 from monitor.commands import finite
 from monitor.config import ConfigError, ThresholdConfig
 from monitor.http.control import Controller
-from monitor.http.review import Access, BadRequest, _int_param, _time_param, journal_api
+from monitor.http.review import Access, BadRequest, JournalCache, _int_param, _time_param, journal_api
 from monitor.replay import (
     THRESHOLD_KEYS,
     JournalRecords,
     ReplayError,
     ReplayResult,
     apply_threshold,
-    journal_files,
     read_records,
     replay,
     threshold_changed_event,
@@ -180,25 +177,6 @@ class Applied:
     reload_message: str
 
 
-@dataclass
-class _Cache:
-    signature: tuple = ()
-    records: JournalRecords | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def _signature(journal: Path) -> tuple:
-    """What changes whenever a journal file does: a line appended, a rotation (a new inode under a name)."""
-    out = []
-    for path in journal_files(journal):
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        out.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
 class WhatIf:
     """The what-if routes over one controller, with the review's access rules and page renderer."""
 
@@ -206,7 +184,7 @@ class WhatIf:
         self.controller = controller
         self.access = access
         self.render = render
-        self._cache = _Cache()
+        self._journal = JournalCache(read_records)  # shared by every replay until the journal changes
         # One apply at a time: the config write, its journal line and the reload belong together.
         self._apply_lock = threading.Lock()
         self.last_applied: Applied | None = None
@@ -221,13 +199,7 @@ class WhatIf:
 
     # --- computing (in the thread pool) ------------------------------------------------------------------
     def _records(self) -> JournalRecords:
-        journal = self.controller.journal_path()
-        with self._cache.lock:  # one replay's read at a time: a second request waits and reuses it
-            signature = _signature(journal)
-            if self._cache.records is None or signature != self._cache.signature:
-                self._cache.records = read_records(journal)
-                self._cache.signature = signature
-            return self._cache.records
+        return self._journal.get(self.controller.journal_path())
 
     def compute(self, query: WhatIfQuery) -> tuple[dict[str, Any], ReplayResult]:
         """The what-if's figures as the API answers them, and the result (for the page's flip list).
