@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from monitor.commands import fail, finite, parse_time
 from monitor.config import ConfigError, load_config
-from monitor.journal import JournalTailRecord, RecordRejected, parse_object_line
+from monitor.journal import RecordRejected, parse_journal_record
 from monitor.replay import LABEL_TRUTH, ReplayError, existing_journal_files, journal_lines
 
 HOUR_S = 3600.0
@@ -75,9 +73,8 @@ def read_journal(journal: str | Path) -> ShadowJournal:
 
 def _read_line(out: ShadowJournal, line: bytes) -> None:
     try:
-        record = parse_object_line(line)
-        JournalTailRecord.model_validate(record)
-    except (RecordRejected, ValidationError, RecursionError):
+        record = parse_journal_record(line)
+    except RecordRejected:
         out.bad_lines += 1
         return
     if "score" in record:

@@ -137,6 +137,21 @@ def rejection_reason(exc: ValidationError) -> str:
     return ".".join([*known, err["type"]])
 
 
+def parse_journal_record(raw: bytes) -> dict[str, Any]:
+    """One journal line as a record: parsed strictly, then validated; RecordRejected with the reason otherwise.
+
+    The one rule every reader of the journal applies (the daemon's tail, `replay`, `compare`, feedback).
+    """
+    try:
+        record = parse_object_line(raw)
+        JournalTailRecord.model_validate(record)
+    except ValidationError as exc:
+        raise RecordRejected(rejection_reason(exc)) from None
+    except RecursionError:  # nesting the parser took but the validator's copy could not
+        raise RecordRejected("too_deep") from None
+    return record
+
+
 class Rejections:
     """The bad lines of one state file, read once: counted per reason, logged once with the first line."""
 
@@ -359,16 +374,9 @@ def read_journal_tail(path: Path, max_bytes: int = 4 * 2**20) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = parse_object_line(line)
-            JournalTailRecord.model_validate(record)
+            record = parse_journal_record(line)
         except RecordRejected as exc:
             rejected.add(lineno, exc.reason)
-            continue
-        except ValidationError as exc:
-            rejected.add(lineno, rejection_reason(exc))
-            continue
-        except RecursionError:  # nesting the parser took but the validator's copy could not
-            rejected.add(lineno, "too_deep")
             continue
         records.append(record)
     # Line numbers count from the start of what was read; `from_byte` says where that was.

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from monitor.files import atomic_write
 from monitor.images import read_image
-from monitor.journal import JournalTailRecord, RecordRejected, parse_object_line
+from monitor.journal import RecordRejected, parse_journal_record, parse_object_line
 from monitor.labels import DEFECT, FALSE_ALARM, LABELS, MISSED_DEFECT, is_label_line, is_verdict_id
-from monitor.replay import journal_files
+from monitor.replay import ReplayError, existing_journal_files, journal_lines
 
 log = logging.getLogger(__name__)
 
@@ -152,24 +151,18 @@ def _text(value: Any) -> str | None:
 def _records(journal: Path) -> tuple[dict[str, dict], dict[str, dict], int]:
     """The verdict lines by id (the keys feedback needs), the latest label line per verdict, and the bad lines.
 
-    The journal and its rotated files are found and ordered by the replay's `journal_files`, each line
-    parsed and validated by the journal module as the daemon and `monitor replay` do. Shadow models'
+    The journal and its rotated files are read as `monitor replay` reads them (`journal_lines`), each line
+    parsed and validated by the journal module's one rule (`parse_journal_record`). Shadow models'
     verdicts are not what the operator saw: skipped.
     """
-    files = journal_files(journal)
-    if not files:
-        raise FeedbackError(f"{journal}: no journal there (nor rotated files beside it)")
     verdicts: dict[str, dict] = {}
     labels: dict[str, dict] = {}
     bad = 0
-    for path in files:
-        for line in _lines(path):
-            if not line.strip():
-                continue
+    try:
+        for _path, _lineno, line in journal_lines(existing_journal_files(journal)):
             try:
-                record = parse_object_line(line.rstrip(b"\r\n"))
-                JournalTailRecord.model_validate(record)
-            except (RecordRejected, ValidationError, RecursionError):
+                record = parse_journal_record(line.rstrip(b"\r"))
+            except RecordRejected:
                 bad += 1
                 continue
             if "score" in record:
@@ -184,6 +177,8 @@ def _records(journal: Path) -> tuple[dict[str, dict], dict[str, dict], int]:
                     bad += 1
             elif "event" not in record:
                 bad += 1  # neither verdict, label nor event: as `monitor replay` counts it
+    except ReplayError as exc:  # no journal there, or a file that cannot be read
+        raise FeedbackError(str(exc)) from None
     return verdicts, labels, bad
 
 
