@@ -23,7 +23,7 @@ from typing import Any
 from monitor.commands import fail, finite, parse_time
 from monitor.config import ConfigError, load_config
 from monitor.journal import RecordRejected, parse_journal_record
-from monitor.replay import LABEL_TRUTH, ReplayError, existing_journal_files, journal_lines
+from monitor.replay import LABEL_TRUTH, Counts, ReplayError, existing_journal_files, journal_lines
 
 HOUR_S = 3600.0
 
@@ -111,21 +111,6 @@ def _row(record: dict) -> ShadowRow | None:
 
 
 @dataclass
-class ModelFigures:
-    """One side of a pairing: its alerts and, on labelled frames, what its flags were worth."""
-
-    alerts: int = 0
-    tp: int = 0  # flagged, labelled a defect
-    fp: int = 0  # flagged, labelled a false alarm
-    found: int = 0  # labelled defects it flagged (= tp; kept apart for the recall's reading)
-
-    @property
-    def precision(self) -> float | None:
-        """defect / (defect + false_alarm) among the labelled frames it flagged; None without one."""
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
-
-
-@dataclass
 class Pairing:
     """One (source, primary model, shadow model): their verdicts on the same frames."""
 
@@ -140,8 +125,10 @@ class Pairing:
     labelled: int = 0
     first: float = math.inf
     last: float = -math.inf
-    primary: ModelFigures = field(default_factory=ModelFigures)
-    shadow: ModelFigures = field(default_factory=ModelFigures)
+    # Each side's alerts and, on the labelled frames, its confusion matrix: replay's Counts, so precision and
+    # recall mean here what they mean in `monitor replay`.
+    primary: Counts = field(default_factory=Counts)
+    shadow: Counts = field(default_factory=Counts)
     model_ids: set[str] = field(default_factory=set)
     shadow_model_ids: set[str] = field(default_factory=set)
 
@@ -158,10 +145,6 @@ class Pairing:
         """Alerts per hour over the span; None when the span is empty (one frame, or none)."""
         span = self.span_hours
         return alerts / span if span > 0 else None
-
-    def recall(self, side: ModelFigures) -> float | None:
-        """Labelled defects `side` flagged / all labelled defects; None without a labelled defect."""
-        return side.found / self.defects if self.defects else None
 
     def add(self, primary: ShadowRow, shadow: ShadowRow, label: str | None) -> None:
         self.frames += 1
@@ -181,17 +164,13 @@ class Pairing:
         if truth is not None:
             self.labelled += 1
             self.defects += truth
-        for side, flagged in ((self.primary, primary.anomaly), (self.shadow, shadow.anomaly)):
-            side.alerts += flagged
-            if flagged and truth is not None:
-                side.tp += truth
-                side.fp += not truth
-                side.found += truth
+        self.primary.add(primary.anomaly, truth)
+        self.shadow.add(shadow.anomaly, truth)
 
-    def _side(self, side: ModelFigures, model: str, ids: set[str]) -> dict[str, Any]:
+    def _side(self, side: Counts, model: str, ids: set[str]) -> dict[str, Any]:
         return {"model": model, "model_ids": sorted(ids), "alerts": side.alerts,
                 "alerts_per_hour": self.per_hour(side.alerts), "labelled_flagged": side.tp + side.fp,
-                "tp": side.tp, "fp": side.fp, "precision": side.precision, "recall": self.recall(side)}
+                "tp": side.tp, "fp": side.fp, "precision": side.precision, "recall": side.recall}
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "model": self.model, "shadow_model": self.shadow_model,
@@ -259,7 +238,7 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
             per_hour = p.per_hour(side.alerts)
             rows.append([p.source, model, role, str(p.frames), str(p.agree), _ratio(p.agreement), str(side.alerts),
                          "-" if per_hour is None else f"{per_hour:.2f}", str(only), str(side.tp + side.fp),
-                         str(side.tp), str(side.fp), _ratio(side.precision), _ratio(p.recall(side))])
+                         str(side.tp), str(side.fp), _ratio(side.precision), _ratio(side.recall)])
     return rows
 
 
