@@ -130,6 +130,11 @@ ALERT_OUTBOX_CORRUPT = Counter(
 
 # --- folder sources: faults ------------------------------------------------------------------
 # Appended, not folded into files_ignored: that counter's labels (source only) are read by dashboards.
+FOLDER_EVENTS_LOST = Counter(
+    _name("folder_events_lost"),
+    "Times the kernel dropped a watched folder's inotify events (queue overflow on a burst); each time the folder "
+    "is scanned again, so no file is lost.", ["source"], registry=REGISTRY,
+)
 FILES_SKIPPED = Counter(
     _name("files_skipped"),
     "Image-named entries in watched folders never opened, by reason (not_regular: FIFO, socket, device; "

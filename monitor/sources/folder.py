@@ -29,6 +29,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,9 @@ from watchdog.events import (
     DirMovedEvent,
     FileClosedEvent,
     FileClosedNoWriteEvent,
+    FileCreatedEvent,
     FileDeletedEvent,
+    FileModifiedEvent,
     FileMovedEvent,
     FileOpenedEvent,
     FileSystemEvent,
@@ -67,6 +70,16 @@ _IGNORED_MAX = 10_000  # paths remembered so an ignored file is logged and count
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, for ever.
 _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+# The events the source acts on; watchdog turns the list into the inotify mask, so the kernel never queues the
+# rest. Without it every file read raised IN_OPEN and IN_CLOSE_NOWRITE of our own: two of the three events per
+# file renamed in, each carried through watchdog's three threads to be thrown away, and a third of the kernel
+# queue that a burst overflows.
+_EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
+                 DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
+# watchdog (7.x) learns of a kernel queue overflow (IN_Q_OVERFLOW: events were dropped) and says so only in this
+# logger's warning; its handlers are never told. The folder sources listen for that line and rescan.
+_INOTIFY_LOGGER = "watchdog.observers.inotify_c"
+_OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
 class _Skip(Exception):
@@ -112,6 +125,28 @@ class _Events(FileSystemEventHandler):
             src.offer(Path(os.fsdecode(event.src_path)), closed=isinstance(event, FileClosedEvent))
 
 
+class _OverflowListener(logging.Handler):
+    """Calls `on_overflow` when watchdog logs that the kernel's inotify queue overflowed (events lost)."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == _INOTIFY_LOGGER and str(record.msg).startswith(_OVERFLOW_MESSAGE):
+            self._on_overflow()
+
+    def attach(self) -> None:
+        logger = logging.getLogger(_INOTIFY_LOGGER)
+        # A warning the configured log level would drop would never reach this handler either.
+        if not logger.isEnabledFor(logging.WARNING):
+            logger.setLevel(logging.WARNING)
+        logger.addHandler(self)
+
+    def detach(self) -> None:
+        logging.getLogger(_INOTIFY_LOGGER).removeHandler(self)
+
+
 class FolderSource(PausableSource):
     """Watches one folder and feeds complete image files into the frame queue."""
 
@@ -142,7 +177,8 @@ class FolderSource(PausableSource):
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
         self._folder_deleted = threading.Event()  # set from the observer thread on the folder's DirDeletedEvent
         self._next_folder_check = 0.0
-        self._rescan = threading.Event()  # set by resume(): the settle loop scans the folder once
+        self._rescan = threading.Event()  # set by resume() and on lost events: the settle loop scans the folder
+        self._overflow = _OverflowListener(self.events_lost)
         self.thread = StoppableThread(f"folder-{self.name}", self._run)
         self.sorter: Sorter | None = None  # None: after_scoring keep
         if config.after_scoring != "keep":
@@ -156,6 +192,7 @@ class FolderSource(PausableSource):
         self.folder.mkdir(parents=True, exist_ok=True)
         self._observer = Observer()
         self._observer.name = f"watch-{self.name}"
+        self._overflow.attach()
         self._schedule()
         self._observer.start()
         existing = self.scan(self.folder)
@@ -172,6 +209,7 @@ class FolderSource(PausableSource):
         """Stop accepting new files; files already queued are still scored."""
         self.thread.stop()
         self._wake.set()
+        self._overflow.detach()
         if self._observer is not None:
             self._observer.stop()
         if self.sorter is not None:
@@ -202,6 +240,17 @@ class FolderSource(PausableSource):
             self._rescan.set()
         self._wake.set()
 
+    def events_lost(self) -> None:
+        """The kernel dropped inotify events (a burst beyond fs.inotify.max_queued_events): scan the folder.
+
+        Files whose events were lost would otherwise sit unscored until the next start. The scan offers every
+        image not in the ledger, not pending and not in flight, so nothing is scored twice.
+        """
+        metrics.FOLDER_EVENTS_LOST.labels(self.name).inc()
+        log.warning("folder_events_lost source=%s folder=%s action=rescan", self.name, self.folder)
+        self._rescan.set()
+        self._wake.set()
+
     # --- the watched folder itself --------------------------------------------------------------
     def _folder_identity(self) -> tuple[int, int] | None:
         """(st_dev, st_ino) of the folder now at the configured path; None when there is no folder."""
@@ -216,7 +265,7 @@ class FolderSource(PausableSource):
         identity = self._folder_identity()
         # follow_symlink=False: links to folders inside the tree are not watched through (IN_DONT_FOLLOW).
         self._watch = self._observer.schedule(_Events(self), str(self.folder), recursive=self.config.recursive,
-                                              follow_symlink=False)
+                                              follow_symlink=False, event_filter=_EVENT_FILTER)
         self._identity = identity
 
     def _unschedule(self) -> None:
