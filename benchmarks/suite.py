@@ -293,6 +293,10 @@ def daemon_case(name: str, bundle: Bundle, pngs: list[bytes], n: int, work: Path
     result["daemon_img_per_s"] = statistics.median(r["img_per_s"] for r in rounds)
     result["daemon_over_bare"] = statistics.median(r["daemon_over_bare"] for r in rounds)
     result["daemon_over_bare_each"] = [r["daemon_over_bare"] for r in rounds]
+    # The same rounds from their first verdict on: without the backlog's fill time (the first files' settle,
+    # read and decode before the model has a batch), which a short round pays in full.
+    steady = [r["steady_img_per_s"] / r["bare_img_per_s"] for r in rounds if "steady_img_per_s" in r]
+    result["steady_over_bare"] = statistics.median(steady) if steady else float("nan")
     result["bare_over_naive"] = result["bare_img_per_s"] / result["naive_img_per_s"]
     return result
 
@@ -551,6 +555,7 @@ def targets(r: dict) -> list[dict]:
         each = "/".join(f"{x:.2f}" for x in c["daemon_over_bare_each"])
         add(name, f"daemon / bare (median; rounds {each})", c["daemon_over_bare"], "x",
             f">= {target}" if target else "", c["daemon_over_bare"] >= target if target else None)
+        add(name, "daemon after its first verdict / bare (median)", c["steady_over_bare"], "x", "", None)
     cap = r["capacity"]
     add("capacity 64x64", "bare identity model", cap["bare_identity_img_per_s"], "img/s", "", None)
     add("capacity 64x64", "daemon, identity model", cap["files_per_s"], "files/s", ">= 10000",
@@ -600,8 +605,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     q = args.quick
     s = Settings(max_batch=args.max_batch, rounds=2 if q else 3, bare_s=1.0 if q else 2.0, naive_s=0.5 if q else 2.0,
-                 images={"64x64 grey": 600 if q else 3000, "128x128 colour": 160 if q else 750,
-                         "256x256 colour": 64 if q else 300},
+                 images={"64x64 grey": 600 if q else 6000, "128x128 colour": 160 if q else 1800,
+                         "256x256 colour": 64 if q else 900},
                  capacity_files=3000 if q else 10000, tiled_images=100 if q else 300,
                  latency_s=4 if q else 15, startup_runs=1 if q else 3,
                  rss_images=args.rss_images or (2000 if q else 20000))
