@@ -1,5 +1,6 @@
 """Folder source: complete files only, backlog, ledger, quarantine, back-pressure."""
 
+import os
 import struct
 import subprocess
 import sys
@@ -247,3 +248,26 @@ def test_journal_records_of_scored_files_are_reconciled_into_the_ledger(harness)
     harness.source = source
     source.start()
     assert harness.quiet_for(0.6) == []
+
+
+def test_a_read_that_returns_less_than_asked_goes_on_to_the_end():
+    # A pipe hands over what has been written so far: the short reads a regular file shows only near 2 GiB.
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, b"abc"), time.sleep(0.1),
+                                              os.write(write_end, b"def"), os.close(write_end)))
+    writer.start()
+    try:
+        assert FolderSource._read(read_end, 6) == b"abcdef"
+    finally:
+        writer.join()
+        os.close(read_end)
+
+
+def test_a_read_returns_one_byte_more_than_the_size_seen_when_the_file_grew(tmp_path):
+    path = tmp_path / "grown.bin"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert FolderSource._read(fd, 4) == b"01234"  # longer than seen: the caller looks again
+    finally:
+        os.close(fd)

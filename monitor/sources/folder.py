@@ -381,41 +381,52 @@ class FolderSource(PausableSource):
         if not stat.S_ISREG(st.st_mode):
             raise _Skip("not_regular", f"file type {stat.filemode(st.st_mode)[0]!r}, not a regular file")
 
-    def _open(self, path: Path) -> int:
-        """Open `path` read-only and without blocking, through no link below the watched folder.
+    def _open(self, path: Path) -> tuple[int, os.stat_result]:
+        """Open `path` read-only and without blocking, through no link below the watched folder; (fd, fstat).
 
         Walks from the folder one component at a time with O_NOFOLLOW, so neither the file nor any folder
         on its way may be a link; raises _Skip for a link or a non-regular file, OSError as open() does.
+        A file right in the folder is opened by its path: only its own name can be a link there (the folder's
+        path is the operator's), and two system calls fewer per file count on a fast line, where every call
+        gives the interpreter lock away.
         """
         parts = self._relative(path).split("/")
-        dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for part in parts[:-1]:
-                try:
-                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
-                            os.lstat(part, dir_fd=dir_fd).st_mode):
-                        raise _Skip("symlink", f"folder {part!r} on the way is a link") from exc
-                    raise
-                os.close(dir_fd)
-                dir_fd = next_fd
+        if len(parts) == 1:
+            fd = self._open_file(str(path))
+        else:
+            dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dir_fd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise _Skip("symlink", "a link is never followed") from exc
-                if exc.errno == errno.ENXIO:
-                    raise _Skip("not_regular", "a socket or a device without a reader") from exc
-                raise
-        finally:
-            os.close(dir_fd)
+                for part in parts[:-1]:
+                    try:
+                        next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+                    except OSError as exc:
+                        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
+                                os.lstat(part, dir_fd=dir_fd).st_mode):
+                            raise _Skip("symlink", f"folder {part!r} on the way is a link") from exc
+                        raise
+                    os.close(dir_fd)
+                    dir_fd = next_fd
+                fd = self._open_file(parts[-1], dir_fd)
+            finally:
+                os.close(dir_fd)
         try:
-            self._classify(path, os.fstat(fd))  # what was opened, not what a name pointed to before
+            opened = os.fstat(fd)
+            self._classify(path, opened)  # what was opened, not what a name pointed to before
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return fd, opened
+
+    @staticmethod
+    def _open_file(name: str, dir_fd: int | None = None) -> int:
+        try:
+            return os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _Skip("symlink", "a link is never followed") from exc
+            if exc.errno == errno.ENXIO:
+                raise _Skip("not_regular", "a socket or a device without a reader") from exc
+            raise
 
     def scan(self, folder: Path) -> list[FileKey]:
         """Offer every image under `folder` not yet in the ledger; returns the keys of all found."""
@@ -541,7 +552,7 @@ class FolderSource(PausableSource):
                                 f"{st.st_size} bytes > max_file_bytes {self.config.max_file_bytes}")
             return
         try:
-            fd = self._open(path)
+            fd, opened = self._open(path)
         except _Skip as skip:
             self._skip(path, st.st_ino, skip.reason, skip.detail)
             return
@@ -552,15 +563,15 @@ class FolderSource(PausableSource):
             self._retry_or_quarantine(path, cand, "unreadable", str(exc))
             return
         try:
-            with os.fdopen(fd, "rb") as f:
-                opened = os.fstat(f.fileno())
-                if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
-                    cand.last_change = time.monotonic()  # replaced between the look and the open: look again
-                    return
-                data = f.read(self.config.max_file_bytes + 1)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                cand.last_change = time.monotonic()  # replaced between the look and the open: look again
+                return
+            data = self._read(fd, st.st_size)
         except OSError as exc:
             self._retry_or_quarantine(path, cand, "unreadable", str(exc))
             return
+        finally:
+            os.close(fd)
         if len(data) != st.st_size:
             cand.last_change, cand.size = time.monotonic(), len(data)
             return
@@ -595,6 +606,24 @@ class FolderSource(PausableSource):
             with self._lock:
                 self._inflight.pop(path, None)
             raise
+
+    @staticmethod
+    def _read(fd: int, size: int) -> bytes:
+        """Up to `size` + 1 bytes of `fd`: one byte more than the size seen, so that a file that grew since reads
+        longer (and is looked at again). One system call for a whole image; more only where one read returns
+        less than asked before the end (Linux caps a read near 2 GiB)."""
+        data = os.read(fd, size + 1)
+        if len(data) >= size:
+            return data
+        chunks = [data]
+        got = len(data)
+        while got <= size:
+            chunk = os.read(fd, size + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
 
     def reconcile(self, records: list[dict]) -> int:
         """Add to the ledger the file versions that journal `records` show as scored; returns how many.
