@@ -185,4 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ctl_main(argv[1:])
     quiet_tensorflow()
     args = build_parser().parse_args(argv)
+    if getattr(args, "tensorflow", False):  # train, score, info, evaluate: TensorFlow's start-up lines go too
+        import_tensorflow_quietly()
     return int(args.func(args) or 0)

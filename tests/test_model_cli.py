@@ -78,3 +78,4 @@ def test_score_runs_as_a_console_command(tiny_bundle, mixed_dir, subprocess_env)
                            "--json"], capture_output=True, text=True, env=subprocess_env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert [r["anomaly"] for r in _json_lines(proc.stdout)] == [True, True, True]
+    assert "oneDNN" not in proc.stderr and "I0000" not in proc.stderr  # TensorFlow's start-up noise is silenced

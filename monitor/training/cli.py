@@ -286,7 +286,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-with", metavar="OLD_BUNDLE",
                    help="score the labelled verdicts with this bundle too (default: none; the old column is the "
                         "score and threshold the journal recorded)")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, tensorflow=True)
 
     p = subparsers.add_parser("labels", help="operator labels: export labelled images for retraining")
     labels_sub = p.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
@@ -303,12 +303,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help='one JSON object per line: {"path", "score", "threshold", "anomaly"}')
     p.add_argument("--batch", type=int, default=32, help="images per forward pass")
-    p.set_defaults(func=_score)
+    p.set_defaults(func=_score, tensorflow=True)
 
     p = subparsers.add_parser("info", help="print what a bundle holds")
     p.add_argument("bundle", metavar="BUNDLE_DIR")
     p.add_argument("--json", action="store_true", help="print the whole sidecar as JSON")
-    p.set_defaults(func=_info)
+    p.set_defaults(func=_info, tensorflow=True)
 
     p = subparsers.add_parser("evaluate", help="measure detection quality on labelled folders")
     p.add_argument("bundle", metavar="BUNDLE_DIR")
@@ -317,4 +317,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", metavar="DIR", help="write plots and worst-case evidence images here")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass")
-    p.set_defaults(func=_evaluate)
+    p.set_defaults(func=_evaluate, tensorflow=True)
