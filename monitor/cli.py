@@ -27,8 +27,8 @@ def quiet_tensorflow() -> None:
 
 
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and Keras with file descriptor 2 pointed at /dev/null, when the log level asks for
-    quiet (TF_CPP_MIN_LOG_LEVEL >= 1, our default 2).
+    """Import TensorFlow and Keras, and let it probe its devices, with file descriptor 2 pointed at /dev/null,
+    when the log level asks for quiet (TF_CPP_MIN_LOG_LEVEL >= 1, our default 2).
 
     TensorFlow 2.21 writes its start-up lines ("oneDNN custom operations are on", "Could not find cuda
     drivers") from C++ before absl's logging is set up, and those ignore TF_CPP_MIN_LOG_LEVEL. Python errors
@@ -42,7 +42,11 @@ def import_tensorflow_quietly() -> None:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)
         import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        # The first device query probes CUDA, and on a machine without a GPU that prints "failed call to cuInit:
+        # CUDA error" at ERROR level: alarming in a line PC's journal, and it says nothing select_device won't.
+        tensorflow.config.list_physical_devices("GPU")
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -79,3 +79,4 @@ def test_score_runs_as_a_console_command(tiny_bundle, mixed_dir, subprocess_env)
     assert proc.returncode == 0, proc.stderr
     assert [r["anomaly"] for r in _json_lines(proc.stdout)] == [True, True, True]
     assert "oneDNN" not in proc.stderr and "I0000" not in proc.stderr  # TensorFlow's start-up noise is silenced
+    assert "cuInit" not in proc.stderr  # nor its CUDA probe on a machine without a GPU
