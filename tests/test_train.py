@@ -13,7 +13,7 @@ from imagegen import normal_image, write_images
 
 from monitor.cli import main
 from monitor.model.bundle import META_FILE, load_bundle
-from monitor.training.train import TrainingDataError, TrainOptions, train_bundle
+from monitor.training.train import TrainingDataError, TrainOptions, describe_shapes, train_bundle
 
 # The fixed defaults (auto off) and two epochs: these tests check what training does, not how well.
 FAST = dict(size=(16, 16), channels=1, filters=(8, 16), latent=4, epochs=2, batch_size=16, seed=3, quiet=True,
@@ -231,3 +231,10 @@ def test_cli_texture_preset_sets_the_texture_settings_and_flags_override_it(tmp_
 def test_cli_unknown_preset_exits_2_and_names_the_known_ones(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
     assert main(["train", str(small_dir), "--out", str(tmp_path / "x"), "--preset", "glass"]) == 2
     assert "unknown preset 'glass' (known: texture)" in capsys.readouterr().err
+
+
+def test_a_folder_of_many_sizes_is_described_in_one_bounded_line() -> None:
+    shapes = {f"{s}x{s}": 1 for s in range(100, 160)} | {"128x128": 7, "96x96": 3}
+    text = describe_shapes(shapes)
+    assert text.startswith("sizes=61 shapes=128x128:7,96x96:3,")
+    assert text.endswith(",+56_more") and len(text) < 120

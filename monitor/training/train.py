@@ -49,6 +49,20 @@ class TrainingData:
     summary: dict[str, Any]
 
 
+
+SHAPES_LISTED = 5  # a log line names this many of the most common sizes, then counts the rest
+
+
+def describe_shapes(shapes: dict[str, int]) -> str:
+    """`shapes=...` for a log line: the most common sizes with their counts, then how many more sizes there are.
+
+    A folder of images cropped by hand may hold a different size per file: one line, not one entry per size.
+    """
+    common = sorted(shapes.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ",".join(f"{k}:{v}" for k, v in common[:SHAPES_LISTED])
+    more = len(common) - SHAPES_LISTED
+    return f"sizes={len(common)} shapes={listed}" + (f",+{more}_more" if more > 0 else "")
+
 def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1,
                          exclude: Container[Path] = ()) -> TrainingData:
     """Read every image under data_dir; unreadable files are skipped and listed, fatal above a share.
@@ -82,8 +96,8 @@ def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1,
             f"{data_dir}: {len(skipped)} of {len(paths)} image files are unreadable (more than "
             f"{max_unreadable_fraction:.0%}), e.g. {', '.join(p.name for p in skipped[:3])}")
     if len(shapes) > 1:
-        log.warning("training_mixed_sizes shapes=%s note=all_resized_to_model_input",
-                    ",".join(f"{k}:{v}" for k, v in sorted(shapes.items())))
+        log.warning("training_mixed_sizes %s note=each_image_resized_to_the_model_input_or_tiled",
+                    describe_shapes(shapes))
     listing = "\n".join(f"{p.relative_to(data_dir).as_posix()}\t{p.stat().st_size}" for p in paths)
     summary = {
         "folder": str(data_dir.resolve()),
