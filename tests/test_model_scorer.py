@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,13 @@ def test_a_chunk_scores_the_same_whatever_bucket_pads_it(scorer, images) -> None
     alone = np.array([scorer.score([im]).scores[0] for im in images])
     together = scorer.score(images).scores
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-7)
+
+
+def test_scorers_traced_one_after_another_raise_no_retracing_warning(tiny_bundle, images, caplog) -> None:  # noqa: ANN001
+    # Training calibrates each candidate through a scorer of its own, and each scorer traces one function per
+    # batch bucket on purpose: TensorFlow's "triggered tf.function retracing" warning about them is noise.
+    caplog.set_level(logging.WARNING, logger="tensorflow")
+    bundle = load_bundle(tiny_bundle)
+    for k in range(1, 9):
+        BatchScorer(bundle, max_batch=4).score(images[:k % 4 + 1])
+    assert "retracing" not in caplog.text

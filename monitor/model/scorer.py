@@ -27,6 +27,24 @@ from monitor.model.tiling import TileCanvas, pad, tile_grid, working_size
 
 log = logging.getLogger(__name__)
 
+
+class _OwnTracesFilter(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning about this module's forward passes.
+
+    Each scorer traces one function per batch bucket on purpose, and training calibrates every candidate model
+    through a scorer of its own: TensorFlow counts those as retraces of one function and warns, which tells a
+    user nothing. Its warning about any other function still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "BatchScorer._traced_forward" in message)
+
+
+_tf_logger = logging.getLogger("tensorflow")
+if not any(isinstance(f, _OwnTracesFilter) for f in _tf_logger.filters):
+    _tf_logger.addFilter(_OwnTracesFilter())
+
 # Working-resolution pixels one tiled `score` call may stitch: the call returns each image's input,
 # reconstruction and error map at that size (12 bytes a pixel in gray, 28 in colour), so 16 M pixels hold
 # about 200-450 MB: three 5 MP images, or 32 images of 512x512.
