@@ -105,14 +105,15 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    # Outputs are checked before TensorFlow loads: an unwritable folder is a config error (exit 2, which the
-    # systemd unit does not restart), not a crash halfway through start-up.
+    # Outputs are checked before the models load: an unwritable folder is a config error (exit 2, which the
+    # systemd unit does not restart), not a crash halfway through start-up. Checking the bundles' sidecars
+    # imports TensorFlow, so it is imported first, quietly: its C++ start-up lines (oneDNN, CUDA probing) went to
+    # the journal at every start.
+    import_tensorflow_quietly()
     config = _load(args.config, outputs=True, create=True)
     if config is None:
         return 2
     setup_logging(args.log_level or config.logging.level)
-    # TensorFlow loads only here: check-config and --help stay fast.
-    import_tensorflow_quietly()
     from monitor.daemon import StartupError, run
     from monitor.model.bundle import BundleError
 

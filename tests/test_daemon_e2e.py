@@ -86,6 +86,14 @@ def test_every_dropped_file_gets_exactly_one_verdict(delivered, daemon, samples)
         assert set(v) >= {"time", "frame_time", "source", "path", "score", "threshold", "anomaly", "evidence"}
 
 
+def test_the_daemon_log_carries_no_tensorflow_start_up_lines(daemon):
+    # oneDNN notices, CUDA probing on a machine without a GPU ("failed call to cuInit: CUDA error"): noise in a
+    # line PC's journal at every start, and the CUDA one reads like a fault.
+    log = daemon.log()
+    assert "daemon_started" in log
+    assert "oneDNN" not in log and "cuInit" not in log and "absl::InitializeLog" not in log
+
+
 def test_anomalous_files_are_flagged_and_normal_ones_score_lower(delivered):
     bad = [v for v in delivered if Path(v["path"]).name.startswith("bad")]
     good = [v for v in delivered if Path(v["path"]).name.startswith("good")]
