@@ -25,7 +25,7 @@ from monitor.http.server import HttpServer, TokenError
 from monitor.journal import Journal
 from monitor.model.bundle import Bundle, BundleError
 from monitor.model.scorer import ScoredBatch
-from monitor.modelset import LoadedModel, load_models
+from monitor.modelset import LoadedModel, load_models, warm_rest
 from monitor.originals import OriginalStore
 from monitor.outputs import OutputGuard, OutputStopped
 from monitor.records import Frame, Region, SourceEvent, Verdict, new_verdict_id
@@ -237,8 +237,9 @@ class Daemon:
         self.config_path = config_path
         out = config.output
         # Every model loaded and warmed before anything else starts (`bundle`, when given, serves its folder).
+        # The smaller batch buckets are warmed after start, beside the line (`_warm_rest`): READY=1 sooner.
         models = load_models(config.models, config.batching.max_batch, preloaded=bundle,
-                             backend=config.scoring.backend, threads=config.scoring.threads)
+                             backend=config.scoring.backend, threads=config.scoring.threads, all_buckets=False)
         self.threshold_state = ThresholdState(out.state)
         saved = self.threshold_state.load()
         thresholds = build_thresholds(config, models, saved)
@@ -265,6 +266,7 @@ class Daemon:
         self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._scorer_alive = time.monotonic()
         self._scorer = StoppableThread("scorer", self._score_loop)
+        self._warmer = StoppableThread("warm-buckets", lambda stop: warm_rest(models, stop))
         # Held by the scorer while it processes a batch: a reload swaps the pipeline only between batches.
         self._batch_lock = threading.Lock()
         self._reload_lock = threading.Lock()
@@ -319,6 +321,7 @@ class Daemon:
             alerts.start()
             self.pipeline = dataclasses.replace(self.pipeline, alerts=alerts)
         self._scorer.start()
+        self._warmer.start()
         self.originals.start()
         self.sources.start()
         detail = " ".join(f"model={m.name} model_id={m.identity} {m.bundle.describe()}"
@@ -390,12 +393,14 @@ class Daemon:
         self.queue.close()
         self.sources.join()  # a camera blocked in an open or a read returns within its read timeout
         self._stopping = True
+        self._warmer.stop()
         self._scorer.stop()
         scorer_ended = self._scorer.join(JOIN_TIMEOUT_S * 2)
         if not scorer_ended:
             log.error("scorer_join_timeout queued=%d", len(self.queue))
         else:
             self._save_thresholds(force=True)  # the scorer is gone: the windows hold still
+        self._warmer.join(JOIN_TIMEOUT_S)  # ends between two buckets
         self.on_event(SourceEvent("daemon", "daemon_stop", time.time()))
         if self.alerts is not None:
             self.alerts.stop(JOIN_TIMEOUT_S)

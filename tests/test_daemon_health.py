@@ -88,3 +88,19 @@ def test_a_dead_scorer_thread_ends_the_daemon_with_exit_code_1(tmp_path, tiny_bu
     monkeypatch.setattr(daemon.queue, "collect", broken)
     daemon.start()
     assert _wait_in_thread(daemon, 30) == [1]
+
+
+def test_the_small_batch_buckets_are_warmed_after_start_beside_the_line(tmp_path, tiny_bundle):
+    # Before start only max_batch is traced (READY=1 does not wait for the rest); a thread warms the others.
+    daemon = _daemon(tmp_path, tiny_bundle, [{"name": "a", "folder": "inbox"}])
+    scorer = daemon.pipeline.models["default"].scorer
+    assert scorer.warming and set(scorer._forwards) == {scorer.max_batch}
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 60
+        while scorer.warming and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not scorer.warming and set(scorer._forwards) == set(scorer.buckets)
+    finally:
+        daemon.stop()
+        assert daemon.wait() == 0

@@ -98,3 +98,25 @@ def test_scorers_traced_one_after_another_raise_no_retracing_warning(tiny_bundle
     for k in range(1, 9):
         BatchScorer(bundle, max_batch=4).score(images[:k % 4 + 1])
     assert "retracing" not in caplog.text
+
+
+def test_while_the_small_buckets_warm_elsewhere_a_chunk_pads_to_a_warm_one(tiny_bundle, images, one_by_one) -> None:  # noqa: ANN001
+    from monitor.modelset import warm
+
+    bundle = load_bundle(tiny_bundle)
+    fresh = BatchScorer(bundle, max_batch=MAX_BATCH)
+    warm(fresh, bundle, all_buckets=False)  # max_batch alone; the daemon warms the rest on a thread
+    assert fresh.warming and set(fresh._forwards) == {MAX_BATCH}
+    np.testing.assert_allclose(fresh.score(images[:1]).scores, one_by_one[:1], rtol=1e-5)
+    assert set(fresh._forwards) == {MAX_BATCH}  # padded to max_batch: no trace on the scoring thread
+
+
+def test_warm_rest_warms_every_bucket_and_ends_the_warming(tiny_bundle, images, one_by_one) -> None:  # noqa: ANN001
+    import threading
+
+    from monitor.modelset import load_model, warm_rest
+
+    model = load_model("m", tiny_bundle, MAX_BATCH, all_buckets=False)
+    warm_rest({"m": model}, threading.Event())
+    assert not model.scorer.warming and set(model.scorer._forwards) == set(model.scorer.buckets)
+    np.testing.assert_allclose(model.scorer.score(images[:1]).scores, one_by_one[:1], rtol=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,6 +134,9 @@ class BatchScorer:
         # images, not for max_batch (measured on the shipped model: 2.5 ms for 1 image, 37 ms padded to 32).
         self.buckets = batch_buckets(self.max_batch)
         self._forwards: dict[int, Any] = {self.max_batch: forward}
+        # True while another thread traces the smaller buckets (warm_buckets): a chunk then pads to a bucket
+        # already traced rather than waiting for its own trace.
+        self.warming = False
         # The forward pass as another backend runs it (numpy in, numpy out); None: TensorFlow runs `forward`.
         self._run = None
         if backend != "tensorflow":
@@ -195,12 +199,32 @@ class BatchScorer:
         """(bucket, its traced forward pass) for a chunk of `k` inputs: the smallest bucket that holds it."""
         size = next(b for b in self.buckets if b >= k)
         forward = self._forwards.get(size)
+        if forward is None and self.warming:
+            size = next(b for b in self.buckets if b >= k and b in self._forwards)  # max_batch always is
+            return size, self._forwards[size]
         if forward is None:
             start = time.perf_counter()
             forward = self._forwards[size] = self._traced_forward(size)
             log.info("scorer_bucket_traced size=%d max_batch=%d", size, self.max_batch)
             log.debug("scorer_bucket_trace_seconds size=%d seconds=%.3f", size, time.perf_counter() - start)
         return size, forward
+
+    def warm_buckets(self, sizes: Sequence[int], stop: threading.Event | None = None) -> None:
+        """Trace and run the forward pass of each batch bucket in `sizes` once (TensorFlow only).
+
+        A bucket joins the ones `_forward_for` picks only after its first run, so a scorer thread never waits
+        for a trace made here: meanwhile it pads to a bucket already warm. `stop` ends the loop between buckets.
+        """
+        b = self.bundle
+        for size in sizes:
+            if stop is not None and stop.is_set():
+                return
+            if size in self._forwards or self._run is not None:
+                continue
+            forward = self._traced_forward(size)
+            forward(tf.constant(np.zeros((size, b.height, b.width, b.channels), np.float32)))
+            self._forwards[size] = forward
+            log.info("scorer_bucket_traced size=%d max_batch=%d", size, self.max_batch)
 
     def call_groups(self, images: Sequence[np.ndarray]) -> list[slice]:
         """Consecutive runs of `images`, each to pass to one `score` call, so a call's memory stays bounded.
