@@ -237,7 +237,7 @@ class Daemon:
         self.config_path = config_path
         out = config.output
         # Every model loaded and warmed before anything else starts (`bundle`, when given, serves its folder).
-        # The smaller batch buckets are warmed after start, beside the line (`_warm_rest`): READY=1 sooner.
+        # The smaller batch buckets are warmed after start, beside the line (`warm_rest`): READY=1 sooner.
         models = load_models(config.models, config.batching.max_batch, preloaded=bundle,
                              backend=config.scoring.backend, threads=config.scoring.threads, all_buckets=False)
         self.threshold_state = ThresholdState(out.state)
