@@ -129,6 +129,18 @@ def test_an_overwritten_file_is_scored_again(harness):
     assert [f.image.shape for f in harness.frames(1)] == [(40, 40)]
 
 
+def test_a_scored_file_whose_time_is_changed_is_scored_again(harness):
+    # A touch or utime alone raises only IN_ATTRIB: the watch must still ask for it (a new mtime, a new version).
+    source = harness.start()
+    path = harness.inbox / "stamped.png"
+    path.write_bytes(png(1))
+    (frame,) = harness.frames(1)
+    source.acknowledge(frame)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert [f.path.name for f in harness.frames(1)] == ["stamped.png"]
+
+
 def test_non_image_files_are_ignored_and_counted(harness):
     before = metrics.FILES_IGNORED.labels(harness.config.name)._value.get()
     harness.start()

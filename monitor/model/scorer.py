@@ -222,7 +222,8 @@ class BatchScorer:
             if size in self._forwards or self._run is not None:
                 continue
             forward = self._traced_forward(size)
-            forward(tf.constant(np.zeros((size, b.height, b.width, b.channels), np.float32)))
+            with tf.device(self.device):  # as score_inputs calls it: the first real batch finds it ready
+                forward(tf.constant(np.zeros((size, b.height, b.width, b.channels), np.float32)))
             self._forwards[size] = forward
             log.info("scorer_bucket_traced size=%d max_batch=%d", size, self.max_batch)
 

@@ -22,6 +22,7 @@ What happens to a file once its verdict is durable (`after_scoring`: keep, move,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -38,6 +39,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileClosedNoWriteEvent,
     FileCreatedEvent,
@@ -74,12 +76,16 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 # rest. Without it every file read raised IN_OPEN and IN_CLOSE_NOWRITE of our own: two of the three events per
 # file renamed in, each carried through watchdog's three threads to be thrown away, and a third of the kernel
 # queue that a burst overflows.
-_EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
-                 DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
+# FileAttribEvent: a touch, utime or chmod of a scored file makes it a new version, as it did before the filter.
+_EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileMovedEvent,
+                 FileDeletedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 # watchdog (7.x) learns of a kernel queue overflow (IN_Q_OVERFLOW: events were dropped) and says so only in this
 # logger's warning; its handlers are never told. The folder sources listen for that line and rescan.
 _INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 _OVERFLOW_MESSAGE = "Inotify queue overflowed"
+# Rescans after an overflow, in seconds after it: watchdog logs the overflow first and rebuilds a recursive watch
+# after, so a file made in a subfolder while its watch was being put back is found by the later scan.
+_OVERFLOW_RESCANS_S = (0.0, 2.0)
 
 
 class _Skip(Exception):
@@ -126,21 +132,30 @@ class _Events(FileSystemEventHandler):
 
 
 class _OverflowListener(logging.Handler):
-    """Calls `on_overflow` when watchdog logs that the kernel's inotify queue overflowed (events lost)."""
+    """Calls `on_overflow` when watchdog logs that the kernel's inotify queue overflowed (events lost).
+
+    Each watchdog Observer reads its own inotify queue on a thread of its own, and logs an overflow from it: with
+    `reader` (the ident of that thread, when watchdog shows it) a source hears only of its own queue's overflow.
+    """
 
     def __init__(self, on_overflow: Callable[[], None]) -> None:
         super().__init__(logging.WARNING)
         self._on_overflow = on_overflow
+        self.reader: int | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name == _INOTIFY_LOGGER and str(record.msg).startswith(_OVERFLOW_MESSAGE):
+        if record.name != _INOTIFY_LOGGER or not str(record.msg).startswith(_OVERFLOW_MESSAGE):
+            return
+        if self.reader is None or record.thread == self.reader:
             self._on_overflow()
 
-    def attach(self) -> None:
+    def attach(self, observer: object) -> None:
+        reader = getattr(observer, "_inotify_fd", None)  # watchdog's InotifyObserver: its reading thread
+        self.reader = getattr(reader, "ident", None)
         logger = logging.getLogger(_INOTIFY_LOGGER)
-        # A warning the configured log level would drop would never reach this handler either.
-        if not logger.isEnabledFor(logging.WARNING):
-            logger.setLevel(logging.WARNING)
+        # Its own level, not the root's: `logging.level: ERROR` (at start or by a reload, which sets the root's
+        # level) would otherwise drop the warning before it reached this handler.
+        logger.setLevel(logging.WARNING)
         logger.addHandler(self)
 
     def detach(self) -> None:
@@ -177,7 +192,8 @@ class FolderSource(PausableSource):
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
         self._folder_deleted = threading.Event()  # set from the observer thread on the folder's DirDeletedEvent
         self._next_folder_check = 0.0
-        self._rescan = threading.Event()  # set by resume() and on lost events: the settle loop scans the folder
+        self._rescan = threading.Event()  # set by resume(): the settle loop scans the folder once
+        self._rescans_due: list[float] = []  # monotonic times of the rescans an overflow asked for
         self._overflow = _OverflowListener(self.events_lost)
         self.thread = StoppableThread(f"folder-{self.name}", self._run)
         self.sorter: Sorter | None = None  # None: after_scoring keep
@@ -192,9 +208,9 @@ class FolderSource(PausableSource):
         self.folder.mkdir(parents=True, exist_ok=True)
         self._observer = Observer()
         self._observer.name = f"watch-{self.name}"
-        self._overflow.attach()
         self._schedule()
         self._observer.start()
+        self._overflow.attach(self._observer)
         existing = self.scan(self.folder)
         self.ledger.compact(existing)
         metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(1)
@@ -248,7 +264,9 @@ class FolderSource(PausableSource):
         """
         metrics.FOLDER_EVENTS_LOST.labels(self.name).inc()
         log.warning("folder_events_lost source=%s folder=%s action=rescan", self.name, self.folder)
-        self._rescan.set()
+        now = time.monotonic()
+        with self._lock:
+            self._rescans_due.extend(now + delay for delay in _OVERFLOW_RESCANS_S)
         self._wake.set()
 
     # --- the watched folder itself --------------------------------------------------------------
@@ -483,7 +501,10 @@ class FolderSource(PausableSource):
             if self.paused:
                 wait = _TICK_S  # candidates keep arriving (offer) and keep their clocks; none is read
                 continue
-            if self._rescan.is_set():
+            with self._lock:
+                overflow_rescan = any(at <= now for at in self._rescans_due)
+                self._rescans_due = [at for at in self._rescans_due if at > now]
+            if self._rescan.is_set() or overflow_rescan:
                 self._rescan.clear()
                 if self._watch is not None:  # a lost folder is scanned when it is found again
                     found = self.scan(self.folder)
@@ -571,7 +592,10 @@ class FolderSource(PausableSource):
             self._retry_or_quarantine(path, cand, "unreadable", str(exc))
             return
         finally:
-            os.close(fd)
+            # A read-only descriptor's close error (EIO on a network share) says nothing about bytes already read,
+            # which are checked whole below; it must not reach the settle loop, which would forget the file.
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if len(data) != st.st_size:
             cand.last_change, cand.size = time.monotonic(), len(data)
             return

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from daemon_proc import DaemonProcess, free_port, wait_until
+from reload_util import metric, rewrite_config, scrape
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +26,25 @@ _MOVER = ("import os, sys\nfor n in sorted(os.listdir(sys.argv[1])): "
           "os.rename(os.path.join(sys.argv[1], n), os.path.join(sys.argv[2], n))")
 
 
-def config(bundle: Path) -> dict:
+def config(bundle: Path, port: int, level: str = "INFO") -> dict:
     return {
         "model": str(bundle),
-        "sources": [{"name": "line1", "folder": "inbox", "settle_ms": 20}],
+        # Two lines, each with its own inotify queue: the burst goes to line1 alone.
+        "sources": [{"name": "line1", "folder": "inbox", "settle_ms": 20},
+                    {"name": "line2", "folder": "inbox2", "settle_ms": 20}],
         "batching": {"max_batch": 32, "max_wait_ms": 20, "queue_size": 256},
         "threshold": {"fixed": 1e9},  # no evidence: this is about files, not pictures
-        "metrics": {"host": "127.0.0.1", "port": free_port()},
-        "logging": {"level": "INFO", "summary_interval_s": 0},
+        "metrics": {"host": "127.0.0.1", "port": port},
+        "logging": {"level": level, "summary_interval_s": 0},
     }
+
+
+def counted(port: int, name: str, **labels: str) -> float:
+    """A counter's value in a scrape of the daemon; 0 for a series never incremented (not exported yet)."""
+    try:
+        return metric(scrape(port), name, **labels)
+    except KeyError:
+        return 0.0
 
 
 def verdict_count(journal: Path) -> int:
@@ -70,9 +81,15 @@ def test_a_burst_beyond_the_inotify_queue_loses_no_file(tmp_path, tiny_bundle, s
     assert ok
     for i in range(n):
         (staging / f"b{i:06d}.png").write_bytes(data.tobytes())
-    proc = DaemonProcess(tmp_path / "d", config(tiny_bundle), subprocess_env)
+    port = free_port()
+    proc = DaemonProcess(tmp_path / "d", config(tiny_bundle, port), subprocess_env)
     proc.start()
     try:
+        # A reload to `logging.level: ERROR` sets the root logger's level: the overflow must still be heard.
+        rewrite_config(proc.config_path, config(tiny_bundle, port, level="ERROR"))
+        proc.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: counted(port, "anomaly_monitor_config_reloads_total", outcome="success") == 1,
+                   timeout=60)
         os.kill(proc.proc.pid, signal.SIGSTOP)  # nobody reads the inotify queue now: it fills, then overflows
         try:
             subprocess.run([sys.executable, "-c", _MOVER, str(staging), str(proc.workdir / "inbox")],
@@ -80,7 +97,9 @@ def test_a_burst_beyond_the_inotify_queue_loses_no_file(tmp_path, tiny_bundle, s
         finally:
             os.kill(proc.proc.pid, signal.SIGCONT)
         wait_until(lambda: verdict_count(proc.journal_path) >= n, timeout=240, interval=0.5)
-        assert "folder_events_lost source=line1" in proc.log()
+        assert counted(port, "anomaly_monitor_folder_events_lost_total", source="line1") >= 1
+        # line2's queue never overflowed: it is neither blamed nor rescanned.
+        assert counted(port, "anomaly_monitor_folder_events_lost_total", source="line2") == 0
         assert proc.terminate() == 0
         paths = [v["path"] for v in proc.verdicts()]
         assert len(paths) == n and len(set(paths)) == n  # every file once: none lost, none twice
@@ -89,7 +108,7 @@ def test_a_burst_beyond_the_inotify_queue_loses_no_file(tmp_path, tiny_bundle, s
 
 
 def test_the_folder_watch_asks_the_kernel_for_no_events_of_its_own_reads(tmp_path, tiny_bundle, subprocess_env):
-    proc = DaemonProcess(tmp_path, config(tiny_bundle), subprocess_env)
+    proc = DaemonProcess(tmp_path, config(tiny_bundle, free_port()), subprocess_env)
     proc.start()
     try:
         masks = inotify_masks(proc.proc.pid)
