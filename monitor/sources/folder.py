@@ -192,8 +192,9 @@ class FolderSource(PausableSource):
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
         self._folder_deleted = threading.Event()  # set from the observer thread on the folder's DirDeletedEvent
         self._next_folder_check = 0.0
-        self._rescan = threading.Event()  # set by resume(): the settle loop scans the folder once
-        self._rescans_due: list[float] = []  # monotonic times of the rescans an overflow asked for
+        # Monotonic times at which the settle loop scans the folder again: resume() asks for one now, an
+        # overflow for two (_OVERFLOW_RESCANS_S).
+        self._rescans_due: list[float] = []
         self._overflow = _OverflowListener(self.events_lost)
         self.thread = StoppableThread(f"folder-{self.name}", self._run)
         self.sorter: Sorter | None = None  # None: after_scoring keep
@@ -253,7 +254,7 @@ class FolderSource(PausableSource):
             # Events seen while paused are in the pending set already; the scan is for what they cannot
             # cover (a folder lost and found meanwhile clears the set). Done by the settle loop, not here:
             # a large folder must not hold the caller (an HTTP request) for the length of a scan.
-            self._rescan.set()
+            self._rescan_at(0.0)
         self._wake.set()
 
     def events_lost(self) -> None:
@@ -264,10 +265,14 @@ class FolderSource(PausableSource):
         """
         metrics.FOLDER_EVENTS_LOST.labels(self.name).inc()
         log.warning("folder_events_lost source=%s folder=%s action=rescan", self.name, self.folder)
+        self._rescan_at(*_OVERFLOW_RESCANS_S)
+        self._wake.set()
+
+    def _rescan_at(self, *delays: float) -> None:
+        """Have the settle loop scan the folder `delays` seconds from now (once for each)."""
         now = time.monotonic()
         with self._lock:
-            self._rescans_due.extend(now + delay for delay in _OVERFLOW_RESCANS_S)
-        self._wake.set()
+            self._rescans_due.extend(now + delay for delay in delays)
 
     # --- the watched folder itself --------------------------------------------------------------
     def _folder_identity(self) -> tuple[int, int] | None:
@@ -502,14 +507,12 @@ class FolderSource(PausableSource):
                 wait = _TICK_S  # candidates keep arriving (offer) and keep their clocks; none is read
                 continue
             with self._lock:
-                overflow_rescan = any(at <= now for at in self._rescans_due)
+                rescan = any(at <= now for at in self._rescans_due)
                 self._rescans_due = [at for at in self._rescans_due if at > now]
-            if self._rescan.is_set() or overflow_rescan:
-                self._rescan.clear()
-                if self._watch is not None:  # a lost folder is scanned when it is found again
-                    found = self.scan(self.folder)
-                    log.info("folder_rescanned source=%s files=%d pending=%d", self.name, len(found),
-                             len(self._pending))
+            if rescan and self._watch is not None:  # a lost folder is scanned when it is found again
+                found = self.scan(self.folder)
+                log.info("folder_rescanned source=%s files=%d pending=%d", self.name, len(found),
+                         len(self._pending))
             with self._lock:
                 due_at = [(self._due_at(p, c), c.first_seen, p) for p, c in self._pending.items()]
             due = sorted((first, p) for at, first, p in due_at if at <= now)
