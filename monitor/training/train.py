@@ -49,7 +49,6 @@ class TrainingData:
     summary: dict[str, Any]
 
 
-
 SHAPES_LISTED = 5  # a log line names this many of the most common sizes, then counts the rest
 
 
@@ -62,6 +61,7 @@ def describe_shapes(shapes: dict[str, int]) -> str:
     listed = ",".join(f"{k}:{v}" for k, v in common[:SHAPES_LISTED])
     more = len(common) - SHAPES_LISTED
     return f"sizes={len(common)} shapes={listed}" + (f",+{more}_more" if more > 0 else "")
+
 
 def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1,
                          exclude: Container[Path] = ()) -> TrainingData:
