@@ -118,12 +118,18 @@ def test_a_file_queued_but_not_scored_before_a_stop_is_queued_again(harness):
     assert [f.path.name for f in harness.frames(1)] == ["pending.png"]
 
 
-def test_an_overwritten_file_is_scored_again(harness):
+def scored_once(harness: Harness, name: str) -> Path:
+    """Start the source, drop `name` into its folder, take its frame and acknowledge it: its verdict is in."""
     source = harness.start()
-    path = harness.inbox / "latest.png"
+    path = harness.inbox / name
     path.write_bytes(png(1))
     (frame,) = harness.frames(1)
     source.acknowledge(frame)
+    return path
+
+
+def test_an_overwritten_file_is_scored_again(harness):
+    path = scored_once(harness, "latest.png")
     time.sleep(0.05)
     path.write_bytes(png(2, size=40))
     assert [f.image.shape for f in harness.frames(1)] == [(40, 40)]
@@ -131,11 +137,7 @@ def test_an_overwritten_file_is_scored_again(harness):
 
 def test_a_scored_file_whose_time_is_changed_is_scored_again(harness):
     # A touch or utime alone raises only IN_ATTRIB: the watch must still ask for it (a new mtime, a new version).
-    source = harness.start()
-    path = harness.inbox / "stamped.png"
-    path.write_bytes(png(1))
-    (frame,) = harness.frames(1)
-    source.acknowledge(frame)
+    path = scored_once(harness, "stamped.png")
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     assert [f.path.name for f in harness.frames(1)] == ["stamped.png"]
