@@ -200,6 +200,20 @@ def test_cli_train_takes_architecture_loss_and_code_channels(small_dir, tmp_path
     assert meta["training"]["options"]["flip"] is True
 
 
+@pytest.mark.parametrize("architecture", ["seed", "conv"])
+def test_training_prints_no_grappler_remapper_error(architecture: str, small_dir: Path, tmp_path: Path,
+                                                     capfd: pytest.CaptureFixture) -> None:
+    # TensorFlow's remapper fails on the training step of Conv2D + BiasAdd + LeakyReLU and says so on fd 2 as
+    # an error ("E0000 ... remapper failed: INVALID_ARGUMENT ..."): noise that reads like a fault.
+    import tensorflow as tf
+
+    train_bundle(small_dir, tmp_path / architecture, TrainOptions(**{**FAST, "architecture": architecture,
+                                                                     "epochs": 1}))
+    err = capfd.readouterr().err
+    assert "remapper failed" not in err and "meta_optimizer" not in err
+    assert tf.config.optimizer.get_experimental_options().get("remapping", True) is True  # on again for scoring
+
+
 def test_flip_augmentation_mirrors_about_half_of_each_epoch_and_keeps_the_data() -> None:
     from monitor.training.train import _flip_batches
 

@@ -6,7 +6,8 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -282,6 +283,26 @@ def _flip_batches(x: np.ndarray | TileCrops, batch_size: int, seed: int | None, 
     return FlipBatches()
 
 
+@contextmanager
+def without_remapper() -> Iterator[None]:
+    """Grappler's remapper off for the graphs traced inside, back to its setting after.
+
+    On the training step of a Conv2D + BiasAdd + LeakyReLU model the remapper fails (a known TensorFlow bug:
+    "remapper failed: INVALID_ARGUMENT: Mutation::Apply error: fanout ... LeakyReluGrad exist for missing node
+    ... BiasAdd") and grappler keeps that graph unfused anyway, so turning the pass off costs the training step
+    nothing and spares every `monitor train` an error line that reads like a fault. The scorer's forward pass,
+    traced outside, keeps its fusions.
+    """
+    import tensorflow as tf
+
+    before = tf.config.optimizer.get_experimental_options().get("remapping")
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": True if before is None else before})
+
+
 def fit_autoencoder(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options: TrainOptions,
                     progress: ProgressFn | None = None, recalibration_x: np.ndarray | None = None,
                     ) -> tuple[Any, dict[str, list[float]]]:
@@ -315,13 +336,14 @@ def fit_autoencoder(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options:
     callbacks.append(batchnorm_recalibration(bn_x))
     if progress is not None:
         callbacks.append(_progress_callback(options.epochs, progress))
-    if options.flip or isinstance(train_x, TileCrops):
-        batches = _flip_batches(train_x, options.batch_size, options.seed, options.flip)
-        hist = model.fit(batches, validation_data=(val_x, val_x), epochs=options.epochs, callbacks=callbacks,
-                         verbose=0)
-    else:
-        hist = model.fit(train_x, train_x, validation_data=(val_x, val_x), epochs=options.epochs,
-                         batch_size=options.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
+    with without_remapper():
+        if options.flip or isinstance(train_x, TileCrops):
+            batches = _flip_batches(train_x, options.batch_size, options.seed, options.flip)
+            hist = model.fit(batches, validation_data=(val_x, val_x), epochs=options.epochs, callbacks=callbacks,
+                             verbose=0)
+        else:
+            hist = model.fit(train_x, train_x, validation_data=(val_x, val_x), epochs=options.epochs,
+                             batch_size=options.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
     recalibrate_batchnorm(model, bn_x)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return model, history
@@ -352,7 +374,7 @@ def train_arrays(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options: Tr
     sample = fixed_sample(train_x, options.seed)  # one draw serves BatchNorm recalibration and the health check
     model, history = fit_autoencoder(train_x, val_x, options, progress, recalibration_x=sample)
     seconds = time.monotonic() - started
-    health = check_model(model, sample, val_x, history, options.batch_size)
+    health = check_model(model, sample, val_x, history, options.batch_size, options.architecture)
     log.info("%s architecture=%s loss=%s", health.describe(), options.architecture, options.loss)
     h, w = options.model_size
     n_train = len(train_x.images) if isinstance(train_x, TileCrops) else len(train_x)
