@@ -131,6 +131,18 @@ def test_a_mean_image_model_is_flagged_as_learning_nothing(arrays) -> None:
     assert any("no better than the mean training image" in p for p in health.problems)
 
 
+@pytest.mark.parametrize(("architecture", "advised"), [("seed", True), (None, True), ("conv", False)])
+def test_the_advice_names_the_conv_architecture_only_to_a_model_that_is_not_one(arrays, architecture: str | None,
+                                                                                  advised: bool) -> None:
+    train_x, val_x = arrays
+    inputs = keras.Input(shape=train_x.shape[1:])
+    outputs = keras.layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(0.5),
+                                  activation=None)(inputs)
+    health = check_model(keras.Model(inputs, outputs), train_x, val_x, architecture=architecture)
+    assert health.problems
+    assert any("--architecture conv" in p for p in health.problems) == advised, health.problems
+
+
 @pytest.mark.parametrize(("val_factor", "flagged"), [(10.0, True), (1.1, False), (0.9, False)])
 def test_validation_loss_far_above_training_loss_is_flagged(healthy: keras.Model, arrays, val_factor: float,
                                                             flagged: bool) -> None:

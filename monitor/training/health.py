@@ -189,12 +189,16 @@ def _history_figures(history: Mapping[str, Sequence[float]]) -> dict[str, float]
 
 
 def check_model(model: Any, train_x: np.ndarray, val_x: np.ndarray,
-                history: Mapping[str, Sequence[float]] | None = None, batch_size: int = 32) -> Health:
+                history: Mapping[str, Sequence[float]] | None = None, batch_size: int = 32,
+                architecture: str | None = None) -> Health:
     """Measure a trained autoencoder for the degenerate states above (side-effect free).
 
     `train_x`, `val_x`: model-input arrays (with tiling: arrays of crops); `history`: Keras' fit history
-    (loss, val_loss), optional; `batch_size`: the training batch size (training-mode statistics depend on it).
+    (loss, val_loss), optional; `batch_size`: the training batch size (training-mode statistics depend on it);
+    `architecture`: the model's, so that the advice never names the one that just failed.
     """
+    # The spatial code is the cure for a dense latent that collapses; a conv model that failed needs the others.
+    try_conv = ", or --architecture conv" if architecture != "conv" else ""
     problems: list[str] = []
     figures: dict[str, float] = {}
     batch_size = max(2, int(batch_size))  # batch statistics of one image are meaningless
@@ -230,12 +234,12 @@ def check_model(model: Any, train_x: np.ndarray, val_x: np.ndarray,
         problems.append(
             f"reconstructions ignore the input: different images give nearly the same reconstruction (their "
             f"spread is {spread:.0%} of the inputs'); every image would score alike. Train with a smaller "
-            "--batch-size, more epochs, or --architecture conv")
+            f"--batch-size, more epochs{try_conv}")
     elif figures["mean_image_ratio"] >= MEAN_IMAGE_RATIO_MAX:
         problems.append(
             f"reconstructions are no better than the mean training image (error {figures['mean_image_ratio']:.0%} "
             "of it on validation images): the model learnt next to nothing. Train longer (--epochs), with a "
-            "smaller --batch-size, or with --architecture conv")
+            f"smaller --batch-size{try_conv}")
 
     hist = _history_figures(history or {})
     figures.update(hist)
@@ -247,5 +251,5 @@ def check_model(model: Any, train_x: np.ndarray, val_x: np.ndarray,
         problems.append(
             f"validation loss is {ratio:.1f}x the training loss at the best epoch: the model over-fits, or the "
             "validation images differ from the training ones (two kinds of parts or lighting in one folder?); "
-            "add images, check the folder holds one kind of part, or use --architecture conv")
+            f"add images, check the folder holds one kind of part{try_conv}")
     return Health(ok=not problems, problems=problems, figures=figures)
