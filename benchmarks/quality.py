@@ -1,11 +1,14 @@
-"""Detection quality on four protocols built from package data: seed method, PCA, the old and the new default.
+"""Detection quality on six protocols built from package data: seed method, PCA, the old and the new default.
 
 Protocols (benchmarks/protocols.py has the details; fixed seeds, no downloads):
   digits   MNIST 1s normal (1% unlabelled 3s in training) vs 3s and 7s, 28x28 gray;
   gravel   64x64 gray crops of skimage.data.gravel(), drawn defects (crack, hole, foreign, smudge, dent);
   tissue   64x64 colour crops of skimage.data.immunohistochemistry(); colour-only defects that keep the luma
            (hue_shift, tint, bleach) and ordinary ones (foreign, jpeg);
-  part256  256x256 gray cast parts; defects 1-7 px wide (pit, particle, scratch, crack, chip).
+  part256  256x256 gray cast parts; defects 1-7 px wide (pit, particle, scratch, crack, chip);
+  brick    64x64 gray crops of skimage.data.brick(), the same drawn defects as gravel (gravel as foreign);
+  brick256 256x256 gray views of a brick wall, each at its own offset; defects 1-6 px wide (pit, particle,
+           scratch, crack).
 The test defects are drawn by the benchmark itself, differently from the synthetic defects `monitor train` makes
 from the normal images (monitor/training/defects.py), so the monitor is not graded on its own generator. Every
 protocol also has a VALIDATION split (other images or blocks of the photo, another seed): choose settings on it

@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import protocols as P  # noqa: E402
 
 SMALL = P.Counts(train=6, test_normal=4, test_per_kind=2, val_normal=3, val_per_kind=1)
-SHAPES = {"digits": (28, 28), "gravel": (64, 64), "tissue": (64, 64, 3), "part256": (256, 256)}
+SHAPES = {"digits": (28, 28), "gravel": (64, 64), "tissue": (64, 64, 3), "part256": (256, 256),
+          "brick": (64, 64), "brick256": (256, 256)}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_deterministic_for_its_seed(name: str, built: dict[str, P.Protocol]) -> 
     assert _same(first.validation, again.validation)
 
 
-@pytest.mark.parametrize("name", ["gravel", "part256"])
+@pytest.mark.parametrize("name", ["gravel", "part256", "brick", "brick256"])
 def test_other_seeds_give_other_images(name: str, built: dict[str, P.Protocol]) -> None:
     other = P.build(name, counts=SMALL, seed=P.SEED + 1, validation_seed=P.VALIDATION_SEED + 1)
     assert not np.array_equal(built[name].train, other.train)
@@ -91,9 +92,10 @@ def test_shapes_and_label_counts(name: str, built: dict[str, P.Protocol]) -> Non
 
 def test_full_counts_are_as_documented() -> None:
     assert P.FULL["digits"] == P.Counts(300, 100, 50, 100, 50)
-    for name in ("gravel", "tissue"):
+    for name in ("gravel", "tissue", "brick"):
         assert P.FULL[name] == P.Counts(300, 100, 20, 50, 10)
     assert P.FULL["part256"] == P.Counts(200, 100, 20, 50, 10)
+    assert P.FULL["brick256"] == P.Counts(200, 100, 25, 50, 12)
 
 
 def test_digits_training_holds_one_percent_unlabelled_threes() -> None:
@@ -138,11 +140,12 @@ def _thickness(mask: np.ndarray) -> float:
     return 2.0 * float(cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5).max())
 
 
-def test_part256_defects_are_a_few_pixels_wide() -> None:
-    p = P.build("part256", counts=P.Counts(train=1, test_normal=1, test_per_kind=6, val_normal=1, val_per_kind=1))
-    kinds = np.array(p.test.kinds)
-    for kind in P.PART_DEFECTS:
-        for i in np.flatnonzero(kinds == kind):
+@pytest.mark.parametrize(("name", "kinds"), [("part256", P.PART_DEFECTS), ("brick256", P.WALL_DEFECTS)])
+def test_high_resolution_defects_are_a_few_pixels_wide(name: str, kinds: tuple[str, ...]) -> None:
+    p = P.build(name, counts=P.Counts(train=1, test_normal=1, test_per_kind=6, val_normal=1, val_per_kind=1))
+    kinds_of = np.array(p.test.kinds)
+    for kind in kinds:
+        for i in np.flatnonzero(kinds_of == kind):
             mask = p.test.masks[i]
             assert _thickness(mask) <= 8.0, f"{kind}: {_thickness(mask):.1f} px wide"
             ys, xs = np.nonzero(mask)
@@ -151,6 +154,18 @@ def test_part256_defects_are_a_few_pixels_wide() -> None:
                 assert max(extent) <= 10, f"{kind}: {extent}"
             else:  # lines: long one way, thin the other
                 assert max(extent) >= 8 and _thickness(mask) <= 6.0, f"{kind}: {extent}"
+
+
+def test_brick_wall_views_are_views_of_the_brick_photo_with_their_own_gain_and_noise() -> None:
+    photo = P._photo("brick").astype(np.float32)
+    rng = np.random.default_rng(3)
+    views = [P.render_wall(rng).image for _ in range(3)]
+    for view in views:
+        v = view.astype(np.float32)
+        match = max(float(cv2.matchTemplate(np.ascontiguousarray(src), v, cv2.TM_CCOEFF_NORMED).max())
+                    for src in (photo, photo[:, ::-1]))
+        assert match > 0.95  # the photo, maybe mirrored, under a gain near 1 and sensor noise
+    assert not np.array_equal(views[0], views[1])
 
 
 def test_texture_defects_show() -> None:

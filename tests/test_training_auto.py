@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage import data
 
-from monitor.training.auto import COLOUR_THRESHOLD, MIN_STEPS, Choice, choose_settings, chroma
+from monitor.training.auto import COLOUR_THRESHOLD, MIN_STEPS, WORKING_PIXELS, Choice, choose_settings, chroma
 from monitor.training.options import TrainOptions
 
 COMMON = {"channels", "scale", "batch_size", "epochs", "patience"}
@@ -133,17 +133,27 @@ def test_64px_parts_are_whole_and_the_cost_target_holds() -> None:
     assert samples / 150 < 600, "over ten minutes at 150 samples/s"
 
 
-def test_256px_images_are_tiled_at_half_scale_or_finer() -> None:
+def test_256px_images_are_tiled_at_native_resolution() -> None:
     images = _crops(data.brick(), 300, 256)
     choice = choose_settings(images)
     _assert_complete(choice)
-    assert choice.settings["scale"] >= 0.5
+    assert choice.settings["scale"] == 1.0  # within the working budget: a 1-3 px scratch is not shrunk away
     assert choice.settings["tile"] == (64, 64) and "size" not in choice.settings
-    assert "tiles" in choice.reasons["tile"] and "4-px defect" in choice.reasons["scale"]
-    assert choice.settings["crops"] == 4  # 256 * 0.5 = 128: 2 x 2 tiles cover a working image
+    assert "tiles" in choice.reasons["tile"] and "native" in choice.reasons["scale"]
+    assert choice.settings["crops"] == 8  # 16 tiles cover a working image; the budget allows 8 per epoch
     crops = choice.figures["train_samples"]
-    assert crops == 240 * 4
+    assert crops == 240 * 8
     assert crops * choice.settings["epochs"] / 150 < 600, "over ten minutes at 150 samples/s"
+
+
+@pytest.mark.parametrize(("h", "w", "low", "high"), [(512, 512, 1.0, 1.0), (800, 1280, 0.5, 0.52),
+                                                     (1944, 2592, 0.5, 0.5)])
+def test_working_resolution_is_as_fine_as_the_working_budget_allows_and_never_below_the_defect_floor(
+        h: int, w: int, low: float, high: float) -> None:
+    choice = choose_settings([np.zeros((h, w), np.uint8)] * 50)
+    scale = choice.settings["scale"]
+    assert low <= scale <= high
+    assert (h * scale) * (w * scale) <= WORKING_PIXELS * 1.01 or scale == 0.5
 
 
 def test_5mp_camera_images_are_tiled_with_a_reason_and_a_crop_budget() -> None:
@@ -181,9 +191,9 @@ def test_explicit_options_win_and_the_resolution_is_one_decision() -> None:
     assert not {"size", "scale", "tile", "crops", "channels"} & set(kept)
     assert {"batch_size", "epochs", "patience"} <= set(kept)
     kept = tiled.without({"tile"})  # explicit tile: the chosen scale stays
-    assert kept["scale"] == 0.5 and "tile" not in kept
+    assert kept["scale"] == 1.0 and "tile" not in kept
     record = tiled.to_json(kept)
-    assert record["settings"]["scale"] == 0.5 and record["overridden"] == ["tile"]
+    assert record["settings"]["scale"] == 1.0 and record["overridden"] == ["tile"]
     assert set(record["reasons"]) == set(kept) and json.loads(json.dumps(record)) == record
     whole = choose_settings(_crops(data.brick(), 20, 64))
     assert "size" not in whole.without({"scale"})
