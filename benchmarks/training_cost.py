@@ -1,8 +1,9 @@
 """What `monitor train DIR` with no options costs on this machine, against the old fixed defaults.
 
 The issue's cost target: under about 10 minutes on the 2-core CPU for about 600 images of 64x64, or 300 of
-256x256. For each case the script writes the images as PNG files (a user's folder), trains with no options
-(`TrainOptions()`) and with the old defaults (`auto=False`), and scores 200 images through the daemon's path
+256x256; part512 shows what images at the top of the native working budget (512x512) cost. For each case the
+script writes the images as PNG files (a user's folder), trains with no options (`TrainOptions()`) and with
+the old defaults (`auto=False`), and scores 200 images through the daemon's path
 (`BatchScorer.score`). It prints a table and one JSON object on the last line.
 
 Run: .venv/bin/python benchmarks/training_cost.py [--only gravel64,part256] [--skip-old]
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import protocols  # noqa: E402
 from quality import write_folder  # noqa: E402
 
@@ -32,18 +34,32 @@ from monitor.training.train import train_bundle  # noqa: E402
 CASES = {
     "gravel64": ("gravel", 600, "600 gray 64x64 crops of skimage.data.gravel()"),
     "part256": ("part256", 300, "300 gray 256x256 cast parts"),
+    "part512": ("part256", 300, "300 gray 512x512 cast parts (the part256 part rendered at twice the size)"),
 }
+SCORED = 200  # images scored through the daemon's path after training
+
+
+def case_images(case: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The case's training images and the images its scoring cost is measured on."""
+    name, n, _ = CASES[case]
+    if case == "part512":
+        rng = np.random.default_rng([protocols.SEED, 512])
+        parts = [protocols.render_part(rng, 512).image for _ in range(n + SCORED // 4)]
+        return np.stack(parts[:n]), parts[n:] * 4
+    protocol = protocols.build(name, counts=protocols.replace(protocols.FULL[name], train=n))
+    return protocol.train, list(protocol.test.images[:SCORED])
 
 
 def measure(case: str, options: TrainOptions, workdir: Path) -> dict:
-    name, n, _ = CASES[case]
-    protocol = protocols.build(name, counts=protocols.replace(protocols.FULL[name], train=n))
-    folder = write_folder(protocol.train, workdir / case / "good")
+    n = CASES[case][1]
+    train, images = case_images(case)
+    folder = workdir / case / "good"
+    if not folder.is_dir():
+        write_folder(train, folder)
     out = workdir / case / ("auto" if options.auto else "old")
     started = time.perf_counter()
     bundle = train_bundle(folder, out, options)
     train_s = time.perf_counter() - started
-    images = list(protocol.test.images[:200])
     scorer = BatchScorer(bundle, 32)
     scorer.score(images[:8])  # traced once, as the daemon does at start
     started = time.perf_counter()
