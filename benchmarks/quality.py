@@ -27,7 +27,7 @@ Run:   .venv/bin/python benchmarks/quality.py [--only digits,tissue] [--methods 
                                               [--split test|validation] [--json FILE]
 Full run on the 2-core CPU: the seed method, PCA and the old default together take roughly 10 minutes (the
 old default's 60 epochs dominate, less when early stopping ends it); the new default adds its own training time per
-protocol (its budget is a fixed number of samples, about 4-7 minutes), so the whole run is about 25-35 minutes;
+protocol (its budget is a fixed number of samples, about 4-7 minutes), so the whole run is about 45-50 minutes;
 `--methods` and `--only` run parts of it. --quick (smaller sets, 5 epochs for every trained model) is a smoke
 run of a few minutes. Progress goes to stderr; stdout has the table, the recall by
 defect kind, and ONE JSON object on the last line (also written to --json FILE).

@@ -159,13 +159,19 @@ def test_high_resolution_defects_are_a_few_pixels_wide(name: str, kinds: tuple[s
 def test_brick_wall_views_are_views_of_the_brick_photo_with_their_own_gain_and_noise() -> None:
     photo = P._photo("brick").astype(np.float32)
     rng = np.random.default_rng(3)
-    views = [P.render_wall(rng).image for _ in range(3)]
+    views = [P.render_wall(rng).image.astype(np.float32) for _ in range(4)]
     for view in views:
-        v = view.astype(np.float32)
-        match = max(float(cv2.matchTemplate(np.ascontiguousarray(src), v, cv2.TM_CCOEFF_NORMED).max())
-                    for src in (photo, photo[:, ::-1]))
-        assert match > 0.95  # the photo, maybe mirrored, under a gain near 1 and sensor noise
-    assert not np.array_equal(views[0], views[1])
+        best = None
+        for src in (photo, np.ascontiguousarray(photo[:, ::-1])):  # the photo, maybe mirrored
+            match = cv2.matchTemplate(src, view, cv2.TM_CCOEFF_NORMED)
+            _, score, _, (x, y) = cv2.minMaxLoc(match)
+            if best is None or score > best[0]:
+                best = (score, src[y:y + view.shape[0], x:x + view.shape[1]])
+        score, crop = best
+        assert score > 0.95
+        gain = float((view * crop).sum() / (crop * crop).sum())  # least squares: view = gain * crop + noise
+        noise = float((view - gain * crop).std())
+        assert 0.94 <= gain <= 1.06 and 1.0 <= noise <= 3.5, (gain, noise)  # gain 0.95-1.05, noise sigma 2
 
 
 def test_texture_defects_show() -> None:

@@ -211,7 +211,18 @@ def test_training_prints_no_grappler_remapper_error(architecture: str, small_dir
                                                                      "epochs": 1}))
     err = capfd.readouterr().err
     assert "remapper failed" not in err and "meta_optimizer" not in err
-    assert tf.config.optimizer.get_experimental_options().get("remapping", True) is True  # on again for scoring
+    assert "remapping" not in tf.config.optimizer.get_experimental_options()  # back to the default for scoring
+
+
+def test_training_restores_an_explicit_remapper_setting(small_dir: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    try:
+        train_bundle(small_dir, tmp_path / "m", TrainOptions(**{**FAST, "epochs": 1}))
+        assert tf.config.optimizer.get_experimental_options().get("remapping") is False
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": None})
 
 
 def test_flip_augmentation_mirrors_about_half_of_each_epoch_and_keeps_the_data() -> None:

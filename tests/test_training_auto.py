@@ -146,14 +146,32 @@ def test_256px_images_are_tiled_at_native_resolution() -> None:
     assert crops * choice.settings["epochs"] / 150 < 600, "over ten minutes at 150 samples/s"
 
 
-@pytest.mark.parametrize(("h", "w", "low", "high"), [(512, 512, 1.0, 1.0), (800, 1280, 0.5, 0.52),
-                                                     (1944, 2592, 0.5, 0.5)])
+@pytest.mark.parametrize(("h", "w", "low", "high", "reason"), [
+    (512, 512, 1.0, 1.0, "native: 512x512 is within the working budget"),
+    (800, 1280, 0.5, 0.52, "the finest within the working budget"),
+    (1944, 2592, 0.5, 0.5, "the smallest that keeps a 4-px defect at least 2 px wide (1944x2592 is beyond")])
 def test_working_resolution_is_as_fine_as_the_working_budget_allows_and_never_below_the_defect_floor(
-        h: int, w: int, low: float, high: float) -> None:
+        h: int, w: int, low: float, high: float, reason: str) -> None:
     choice = choose_settings([np.zeros((h, w), np.uint8)] * 50)
     scale = choice.settings["scale"]
     assert low <= scale <= high
     assert (h * scale) * (w * scale) <= WORKING_PIXELS * 1.01 or scale == 0.5
+    assert reason in choice.reasons["scale"] and "raised" not in choice.reasons["scale"]
+
+
+def test_a_defect_that_must_keep_its_pixels_keeps_large_images_native_and_says_why() -> None:
+    choice = choose_settings([np.zeros((1944, 2592), np.uint8)] * 20, defect_px=2)
+    assert choice.settings["scale"] == 1.0
+    assert "2-px defect must keep its 2 px" in choice.reasons["scale"]
+    assert "within the working budget" not in choice.reasons["scale"]
+
+
+@pytest.mark.parametrize(("h", "w", "scale", "raised"), [(40, 1000, 1.0, False), (64, 6000, 1.0, True)])
+def test_a_narrow_strip_says_raised_only_when_its_scale_was_raised(h: int, w: int, scale: float,
+                                                                    raised: bool) -> None:
+    choice = choose_settings([np.zeros((h, w), np.uint8)] * 20)
+    assert choice.settings["scale"] == scale
+    assert ("raised so that a 64-px tile fits" in choice.reasons["scale"]) == raised
 
 
 def test_5mp_camera_images_are_tiled_with_a_reason_and_a_crop_budget() -> None:

@@ -143,6 +143,19 @@ def test_the_advice_names_the_conv_architecture_only_to_a_model_that_is_not_one(
     assert any("--architecture conv" in p for p in health.problems) == advised, health.problems
 
 
+@pytest.mark.parametrize(("architecture", "advised"), [("seed", True), ("conv", False)])
+def test_a_model_that_learnt_nothing_is_advised_by_its_architecture(arrays, architecture: str,
+                                                                     advised: bool) -> None:
+    train_x, val_x = arrays
+    mean = train_x.mean(axis=0)
+    inputs = keras.Input(shape=train_x.shape[1:])
+    outputs = keras.layers.Lambda(lambda x: 0.8 * keras.ops.convert_to_tensor(mean) + 0.2 * (1.0 - x))(inputs)
+    health = check_model(keras.Model(inputs, outputs), train_x, val_x, architecture=architecture)
+    (problem,) = [p for p in health.problems if "no better than the mean training image" in p]
+    assert ("--architecture conv" in problem) == advised
+    assert problem.endswith("--architecture conv" if advised else "--batch-size, or both")
+
+
 @pytest.mark.parametrize(("val_factor", "flagged"), [(10.0, True), (1.1, False), (0.9, False)])
 def test_validation_loss_far_above_training_loss_is_flagged(healthy: keras.Model, arrays, val_factor: float,
                                                             flagged: bool) -> None:

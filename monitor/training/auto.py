@@ -48,9 +48,9 @@ COLOUR_SAMPLE = 32  # images measured for colour: enough for a median, cheap on 
 COLOUR_SIDE = 256  # images are shrunk (INTER_AREA, averaging away pixel noise) to this longest side first
 MIN_DEFECT_PX = 2.0  # a defect narrower than 2 px at working resolution is lost between pixels and blur
 # Working pixels per image kept at native resolution or as close to it as they allow: 512x512 is 225 tiles at
-# half-tile stride, about 0.4 s per image on the 2-core CPU. On the 256-px protocols native resolution beat the
-# 2-px floor (scale 0.5): part, validation AUROC 0.90 -> 0.93; brick wall 0.81 on validation where scale 0.5
-# read 0.55 on the test split (benchmarks/quality.py; README, Detection quality).
+# half-tile stride, 0.25 s per image scored on the 2-core CPU (benchmarks/training_cost.py, part512). On the
+# 256-px protocols native resolution beat the 2-px floor (scale 0.5): test-split AUROC part 0.88 -> 0.90, brick
+# wall 0.55 -> 0.87 (benchmarks/quality.py; README, Detection quality).
 WORKING_PIXELS = 512 * 512
 WHOLE_MAX = 128  # images up to this longest side are modelled whole, at full resolution
 TILE = 64  # tile side at working resolution: the seeds' input size, 550 img/s scored on this CPU
@@ -195,17 +195,20 @@ def choose_settings(images: Sequence[np.ndarray], defect_px: int = 4, validation
         what = "training images"
     else:
         floor = min(1.0, MIN_DEFECT_PX / defect_px)
-        scale = max(floor, min(1.0, math.sqrt(WORKING_PIXELS / (h * w))))
-        if scale >= 1.0:
+        fit = min(1.0, math.sqrt(WORKING_PIXELS / (h * w)))  # the finest scale the working budget allows
+        scale = max(floor, fit)
+        if fit >= 1.0:
             why = (f"native: {h}x{w} is within the working budget of {WORKING_PIXELS:,} pixels per image, and a "
                    "defect of 1-3 px is lost when shrunk")
-        elif scale > floor:
+        elif fit > floor:
             why = (f"the finest within the working budget of {WORKING_PIXELS:,} pixels per image, and finer than "
                    f"the {floor:.3g} that keeps a {defect_px}-px defect {MIN_DEFECT_PX:g} px wide")
+        elif floor >= 1.0:
+            why = f"native: a {defect_px}-px defect must keep its {defect_px} px, so the image is never shrunk"
         else:
             why = (f"the smallest that keeps a {defect_px}-px defect at least {MIN_DEFECT_PX:g} px wide "
-                   f"(images beyond the working budget of {WORKING_PIXELS:,} pixels), never enlarged")
-        if min(h, w) * scale < TILE:
+                   f"({h}x{w} is beyond the working budget of {WORKING_PIXELS:,} pixels), never enlarged")
+        if min(h, w) * scale < TILE and scale < 1.0:
             # A narrow strip: keep more resolution across it so that one tile fits (cheap: the strip is small).
             scale = min(1.0, TILE / min(h, w))
             why += f"; raised so that a {TILE}-px tile fits across the {min(h, w)}-px side"

@@ -198,7 +198,7 @@ def check_model(model: Any, train_x: np.ndarray, val_x: np.ndarray,
     `architecture`: the model's, so that the advice never names the one that just failed.
     """
     # The spatial code is the cure for a dense latent that collapses; a conv model that failed needs the others.
-    try_conv = ", or --architecture conv" if architecture != "conv" else ""
+    conv = architecture != "conv"
     problems: list[str] = []
     figures: dict[str, float] = {}
     batch_size = max(2, int(batch_size))  # batch statistics of one image are meaningless
@@ -234,12 +234,12 @@ def check_model(model: Any, train_x: np.ndarray, val_x: np.ndarray,
         problems.append(
             f"reconstructions ignore the input: different images give nearly the same reconstruction (their "
             f"spread is {spread:.0%} of the inputs'); every image would score alike. Train with a smaller "
-            f"--batch-size, more epochs{try_conv}")
+            + ("--batch-size, more epochs, or --architecture conv" if conv else "--batch-size or more epochs"))
     elif figures["mean_image_ratio"] >= MEAN_IMAGE_RATIO_MAX:
         problems.append(
             f"reconstructions are no better than the mean training image (error {figures['mean_image_ratio']:.0%} "
             "of it on validation images): the model learnt next to nothing. Train longer (--epochs), with a "
-            f"smaller --batch-size{try_conv}")
+            + ("smaller --batch-size, or with --architecture conv" if conv else "smaller --batch-size, or both"))
 
     hist = _history_figures(history or {})
     figures.update(hist)
@@ -251,5 +251,6 @@ def check_model(model: Any, train_x: np.ndarray, val_x: np.ndarray,
         problems.append(
             f"validation loss is {ratio:.1f}x the training loss at the best epoch: the model over-fits, or the "
             "validation images differ from the training ones (two kinds of parts or lighting in one folder?); "
-            f"add images, check the folder holds one kind of part{try_conv}")
+            + ("add images, check the folder holds one kind of part, or use --architecture conv" if conv
+               else "add images, or check the folder holds one kind of part"))
     return Health(ok=not problems, problems=problems, figures=figures)

@@ -291,7 +291,7 @@ def without_remapper() -> Iterator[None]:
     "remapper failed: INVALID_ARGUMENT: Mutation::Apply error: fanout ... LeakyReluGrad exist for missing node
     ... BiasAdd") and grappler keeps that graph unfused anyway, so turning the pass off costs the training step
     nothing and spares every `monitor train` an error line that reads like a fault. The scorer's forward pass,
-    traced outside, keeps its fusions.
+    traced outside, keeps its fusions. The setting is the process's: one training at a time (as the CLI runs).
     """
     import tensorflow as tf
 
@@ -300,7 +300,7 @@ def without_remapper() -> Iterator[None]:
     try:
         yield
     finally:
-        tf.config.optimizer.set_experimental_options({"remapping": True if before is None else before})
+        tf.config.optimizer.set_experimental_options({"remapping": before})  # None: back to unset, the default
 
 
 def fit_autoencoder(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options: TrainOptions,
