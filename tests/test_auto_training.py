@@ -3,6 +3,7 @@ synthetic defects, a degenerate model refused; and a bundle with the combined sc
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from imagegen import colour_part, colour_stain
@@ -109,3 +110,19 @@ def test_the_report_lists_every_candidate_and_the_choice(auto_bundle):
     chosen = load_bundle(auto_bundle).meta["training"]["selection"]["chosen"]
     assert f"synthetic defects: {chosen}" in text
     assert text.count("AUROC") >= 10 and "chosen from the data:" in text
+
+
+def test_strips_narrower_than_a_tile_train_both_candidates_on_their_own_tile(tmp_path):
+    # A line-scan strip 24 px tall: the chosen tile is 24x64, which no candidate may replace by the 64x64 default.
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "strips"
+    folder.mkdir()
+    for i in range(30):
+        strip = 120 + 40 * np.sin(np.arange(200) / 6.0)[None, :] + rng.normal(0, 3, (24, 200))
+        assert cv2.imwrite(str(folder / f"{i:02d}.png"), np.clip(strip, 0, 255).astype(np.uint8))
+    out = tmp_path / "bundle"
+    assert main(["train", str(folder), "--out", str(out), "--epochs", "2", "--seed", "0", "--quiet", "--no-report",
+                 "--allow-degenerate"]) == 0
+    bundle = load_bundle(out)
+    assert (bundle.height, bundle.width) == (24, 64) and bundle.tiling is not None
+    assert {t["architecture"] for t in bundle.meta["training"]["selection"]["trials"]} == {"seed", "conv"}
