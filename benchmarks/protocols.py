@@ -525,41 +525,36 @@ def draw(kind: str, image: np.ndarray, rng: np.random.Generator, donor: np.ndarr
     return makers[kind](image, rng)
 
 
+def _photo_protocol(name: str, photo: str, donor: str, kinds: tuple[str, ...], title: str, description: str,
+                    counts: Counts, seed: int, validation_seed: int, colour_only: tuple[str, ...] = ()) -> Protocol:
+    """A texture protocol: crops of one photo's blocks, defects of `kinds` drawn on test/validation crops."""
+    image, other = _photo(photo), _photo(donor)
+    train = block_crops(image, "train", counts.train, _rng(seed, name, "train"))
+    test = _texture_split(image, "test", counts.test_normal, counts.test_per_kind, kinds, _rng(seed, name, "test"),
+                          other)
+    val = _texture_split(image, "validation", counts.val_normal, counts.val_per_kind, kinds,
+                         _rng(validation_seed, name, "validation"), other)
+    return Protocol(name, title, description, train, ["normal"] * len(train), test, val, kinds, colour_only)
+
+
 def gravel(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_SEED) -> Protocol:
     """64x64 gray crops of skimage.data.gravel(); defects drawn on test/validation crops, grass as foreign."""
-    photo, donor = _photo("gravel"), _photo("grass")
-    train = block_crops(photo, "train", counts.train, _rng(seed, "gravel", "train"))
-    test = _texture_split(photo, "test", counts.test_normal, counts.test_per_kind, TEXTURE_DEFECTS,
-                          _rng(seed, "gravel", "test"), donor)
-    val = _texture_split(photo, "validation", counts.val_normal, counts.val_per_kind, TEXTURE_DEFECTS,
-                         _rng(validation_seed, "gravel", "validation"), donor)
-    return Protocol("gravel", "grey texture (gravel)", "64x64 gray crops of skimage.data.gravel(); drawn defects",
-                    train, ["normal"] * len(train), test, val, TEXTURE_DEFECTS)
+    return _photo_protocol("gravel", "gravel", "grass", TEXTURE_DEFECTS, "grey texture (gravel)",
+                           "64x64 gray crops of skimage.data.gravel(); drawn defects", counts, seed, validation_seed)
 
 
 def brick(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_SEED) -> Protocol:
     """64x64 gray crops of skimage.data.brick() (a regular texture: mortar lines); gravel as foreign material."""
-    photo, donor = _photo("brick"), _photo("gravel")
-    train = block_crops(photo, "train", counts.train, _rng(seed, "brick", "train"))
-    test = _texture_split(photo, "test", counts.test_normal, counts.test_per_kind, TEXTURE_DEFECTS,
-                          _rng(seed, "brick", "test"), donor)
-    val = _texture_split(photo, "validation", counts.val_normal, counts.val_per_kind, TEXTURE_DEFECTS,
-                         _rng(validation_seed, "brick", "validation"), donor)
-    return Protocol("brick", "grey texture (brick)", "64x64 gray crops of skimage.data.brick(); drawn defects",
-                    train, ["normal"] * len(train), test, val, TEXTURE_DEFECTS)
+    return _photo_protocol("brick", "brick", "gravel", TEXTURE_DEFECTS, "grey texture (brick)",
+                           "64x64 gray crops of skimage.data.brick(); drawn defects", counts, seed, validation_seed)
 
 
 def tissue(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_SEED) -> Protocol:
     """64x64 colour crops of skimage.data.immunohistochemistry(); 3 of 5 defect kinds change colour only."""
-    photo, donor = _photo("immunohistochemistry"), _photo("coffee")
-    train = block_crops(photo, "train", counts.train, _rng(seed, "tissue", "train"))
-    test = _texture_split(photo, "test", counts.test_normal, counts.test_per_kind, TISSUE_DEFECTS,
-                          _rng(seed, "tissue", "test"), donor)
-    val = _texture_split(photo, "validation", counts.val_normal, counts.val_per_kind, TISSUE_DEFECTS,
-                         _rng(validation_seed, "tissue", "validation"), donor)
-    return Protocol("tissue", "colour texture (stained tissue)",
-                    "64x64 BGR crops of skimage.data.immunohistochemistry(); hue_shift, tint, bleach keep the luma",
-                    train, ["normal"] * len(train), test, val, TISSUE_DEFECTS, COLOUR_ONLY)
+    return _photo_protocol("tissue", "immunohistochemistry", "coffee", TISSUE_DEFECTS,
+                           "colour texture (stained tissue)",
+                           "64x64 BGR crops of skimage.data.immunohistochemistry(); hue_shift, tint, bleach keep the "
+                           "luma", counts, seed, validation_seed, COLOUR_ONLY)
 
 
 # ------------------------------------------------------------------------------------------- the 256 px part
@@ -687,27 +682,36 @@ def part_defect(kind: str, part: Part, rng: np.random.Generator) -> tuple[np.nda
     raise ValueError(f"unknown part defect {kind!r}")
 
 
-def _part_split(n_normal: int, per_kind: int, rng: np.random.Generator) -> Split:
-    normals = np.stack([render_part(rng).image for _ in range(n_normal)]) if n_normal else \
+def _rendered_split(render: Callable[[np.random.Generator], Part], kinds: tuple[str, ...], n_normal: int,
+                    per_kind: int, rng: np.random.Generator) -> Split:
+    """n_normal rendered images, then per_kind of each defect kind, each on an image rendered afresh."""
+    normals = np.stack([render(rng).image for _ in range(n_normal)]) if n_normal else \
         np.zeros((0, PART_SIZE, PART_SIZE), np.uint8)
     anomalies = []
-    for kind in PART_DEFECTS:
+    for kind in kinds:
         for _ in range(per_kind):
-            out, mask = part_defect(kind, render_part(rng), rng)
+            out, mask = part_defect(kind, render(rng), rng)
             anomalies.append((out, mask, kind))
     return _labelled(normals, anomalies)
 
 
+def _rendered_protocol(name: str, render: Callable[[np.random.Generator], Part], kinds: tuple[str, ...], title: str,
+                       description: str, counts: Counts, seed: int, validation_seed: int) -> Protocol:
+    """A protocol of rendered 256x256 images: training renders, and test/validation splits with small defects."""
+    rng = _rng(seed, name, "train")
+    train = np.stack([render(rng).image for _ in range(counts.train)])
+    test = _rendered_split(render, kinds, counts.test_normal, counts.test_per_kind, _rng(seed, name, "test"))
+    val = _rendered_split(render, kinds, counts.val_normal, counts.val_per_kind,
+                          _rng(validation_seed, name, "validation"))
+    return Protocol(name, title, description, train, ["normal"] * len(train), test, val, kinds)
+
+
 def part256(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_SEED) -> Protocol:
     """256x256 gray parts, each rendered with its own surface crop, pose and light; defects a few px wide."""
-    rng = _rng(seed, "part256", "train")
-    train = np.stack([render_part(rng).image for _ in range(counts.train)])
-    test = _part_split(counts.test_normal, counts.test_per_kind, _rng(seed, "part256", "test"))
-    val = _part_split(counts.val_normal, counts.val_per_kind, _rng(validation_seed, "part256", "validation"))
-    return Protocol("part256", "256 px part, defects a few px wide",
-                    "256x256 gray cast parts (grass surface, bore, bolt holes, groove; shifted, rotated, lit); "
-                    "pits, particles, scratches, cracks, chips of 1-7 px", train, ["normal"] * len(train), test, val,
-                    PART_DEFECTS)
+    return _rendered_protocol("part256", render_part, PART_DEFECTS, "256 px part, defects a few px wide",
+                              "256x256 gray cast parts (grass surface, bore, bolt holes, groove; shifted, rotated, "
+                              "lit); pits, particles, scratches, cracks, chips of 1-7 px", counts, seed,
+                              validation_seed)
 
 
 # ------------------------------------------------------------------------------------- the 256 px brick wall
@@ -734,27 +738,11 @@ def render_wall(rng: np.random.Generator, size: int = PART_SIZE) -> Part:
     return Part(np.clip(np.rint(view), 0, 255).astype(np.uint8), free, (size / 2, size / 2, 0.0))
 
 
-def _wall_split(n_normal: int, per_kind: int, rng: np.random.Generator) -> Split:
-    normals = np.stack([render_wall(rng).image for _ in range(n_normal)]) if n_normal else \
-        np.zeros((0, PART_SIZE, PART_SIZE), np.uint8)
-    anomalies = []
-    for kind in WALL_DEFECTS:
-        for _ in range(per_kind):
-            out, mask = part_defect(kind, render_wall(rng), rng)
-            anomalies.append((out, mask, kind))
-    return _labelled(normals, anomalies)
-
-
 def brick256(counts: Counts, seed: int = SEED, validation_seed: int = VALIDATION_SEED) -> Protocol:
     """256x256 gray views of a brick wall (no fixture: each at its own offset); defects a few px wide."""
-    rng = _rng(seed, "brick256", "train")
-    train = np.stack([render_wall(rng).image for _ in range(counts.train)])
-    test = _wall_split(counts.test_normal, counts.test_per_kind, _rng(seed, "brick256", "test"))
-    val = _wall_split(counts.val_normal, counts.val_per_kind, _rng(validation_seed, "brick256", "validation"))
-    return Protocol("brick256", "256 px brick wall, defects a few px wide",
-                    "256x256 gray views of skimage.data.brick(), each at its own offset, mirror, gain and noise; "
-                    "pits, particles, scratches, cracks of 1-6 px",
-                    train, ["normal"] * len(train), test, val, WALL_DEFECTS)
+    return _rendered_protocol("brick256", render_wall, WALL_DEFECTS, "256 px brick wall, defects a few px wide",
+                              "256x256 gray views of skimage.data.brick(), each at its own offset, mirror, gain and "
+                              "noise; pits, particles, scratches, cracks of 1-6 px", counts, seed, validation_seed)
 
 
 PROTOCOLS: dict[str, Callable[..., Protocol]] = {"digits": digits, "gravel": gravel, "tissue": tissue,
