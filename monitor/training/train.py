@@ -477,9 +477,9 @@ def _candidates(options: TrainOptions, explicit: set[str]) -> list[TrainOptions]
     """The option sets to train: one, or one per candidate architecture when auto and none was given."""
     if not options.auto or "architecture" in explicit:
         return [options]
-    # A tiled model's input is its tile; a dumped default `size` would read as an explicit one that contradicts a
-    # tile other than 64x64 (a strip narrower than 64 px) and be refused.
-    base = options.model_dump(exclude={"size"} if options.tiling else None)
+    # Only the options set, as validate() does: a dumped default would read as an explicit one (a default `size`
+    # then contradicts a tile other than 64x64, a strip narrower than 64 px, and is refused).
+    base = options.model_dump(exclude_unset=True)
     return [TrainOptions.model_validate({**base, "architecture": arch, **({} if "loss" in explicit else
                                                                          {"loss": loss})})
             for arch, loss in ARCHITECTURE_CANDIDATES]
