@@ -63,6 +63,22 @@ def _bn_problems(problems: list[str]) -> list[str]:
     return [p for p in problems if "BatchNorm" in p]
 
 
+def _input_ignoring_model(train_x: np.ndarray) -> keras.Model:
+    """Zero kernel, bias 0.5: a mid-gray image whatever comes in."""
+    inputs = keras.Input(shape=train_x.shape[1:])
+    outputs = keras.layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(0.5),
+                                  activation=None)(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def _mean_image_model(train_x: np.ndarray) -> keras.Model:
+    """Mean image plus a faint copy of the input: it depends on the input, yet is no better than the mean."""
+    mean = train_x.mean(axis=0)
+    inputs = keras.Input(shape=train_x.shape[1:])
+    outputs = keras.layers.Lambda(lambda x: 0.8 * keras.ops.convert_to_tensor(mean) + 0.2 * (1.0 - x))(inputs)
+    return keras.Model(inputs, outputs)
+
+
 def test_stale_batchnorm_statistics_are_flagged_and_recalibration_fixes_them(stale: keras.Model, arrays) -> None:
     train_x, val_x = arrays
     before = check_model(stale, train_x, val_x)
@@ -109,11 +125,7 @@ def test_wrong_moving_statistics_are_flagged_by_the_inference_vs_training_check(
 
 def test_a_model_that_ignores_its_input_is_flagged(arrays) -> None:
     train_x, val_x = arrays
-    inputs = keras.Input(shape=train_x.shape[1:])
-    # Zero kernel, bias 0.5: a mid-gray image whatever comes in.
-    outputs = keras.layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(0.5),
-                                  activation=None)(inputs)
-    health = check_model(keras.Model(inputs, outputs), train_x, val_x)
+    health = check_model(_input_ignoring_model(train_x), train_x, val_x)
     assert not health.ok
     assert health.figures["spread_ratio"] == pytest.approx(0.0, abs=1e-6)
     assert any("ignore the input" in p for p in health.problems)
@@ -122,11 +134,7 @@ def test_a_model_that_ignores_its_input_is_flagged(arrays) -> None:
 
 def test_a_mean_image_model_is_flagged_as_learning_nothing(arrays) -> None:
     train_x, val_x = arrays
-    mean = train_x.mean(axis=0)
-    # Mean image plus a faint copy of the input: it depends on the input, yet is no better than the mean.
-    inputs = keras.Input(shape=train_x.shape[1:])
-    outputs = keras.layers.Lambda(lambda x: 0.8 * keras.ops.convert_to_tensor(mean) + 0.2 * (1.0 - x))(inputs)
-    health = check_model(keras.Model(inputs, outputs), train_x, val_x)
+    health = check_model(_mean_image_model(train_x), train_x, val_x)
     assert health.figures["mean_image_ratio"] >= 0.9
     assert any("no better than the mean training image" in p for p in health.problems)
 
@@ -135,10 +143,7 @@ def test_a_mean_image_model_is_flagged_as_learning_nothing(arrays) -> None:
 def test_the_advice_names_the_conv_architecture_only_to_a_model_that_is_not_one(arrays, architecture: str | None,
                                                                                   advised: bool) -> None:
     train_x, val_x = arrays
-    inputs = keras.Input(shape=train_x.shape[1:])
-    outputs = keras.layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(0.5),
-                                  activation=None)(inputs)
-    health = check_model(keras.Model(inputs, outputs), train_x, val_x, architecture=architecture)
+    health = check_model(_input_ignoring_model(train_x), train_x, val_x, architecture=architecture)
     assert health.problems
     assert any("--architecture conv" in p for p in health.problems) == advised, health.problems
 
@@ -147,10 +152,7 @@ def test_the_advice_names_the_conv_architecture_only_to_a_model_that_is_not_one(
 def test_a_model_that_learnt_nothing_is_advised_by_its_architecture(arrays, architecture: str,
                                                                      advised: bool) -> None:
     train_x, val_x = arrays
-    mean = train_x.mean(axis=0)
-    inputs = keras.Input(shape=train_x.shape[1:])
-    outputs = keras.layers.Lambda(lambda x: 0.8 * keras.ops.convert_to_tensor(mean) + 0.2 * (1.0 - x))(inputs)
-    health = check_model(keras.Model(inputs, outputs), train_x, val_x, architecture=architecture)
+    health = check_model(_mean_image_model(train_x), train_x, val_x, architecture=architecture)
     (problem,) = [p for p in health.problems if "no better than the mean training image" in p]
     assert ("--architecture conv" in problem) == advised
     assert problem.endswith("--architecture conv" if advised else "--batch-size, or both")
