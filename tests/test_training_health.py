@@ -15,6 +15,7 @@ from monitor.model.preprocess import to_model_input
 from monitor.training.architecture import build_model
 from monitor.training.health import (
     BN_GAP_MAX,
+    RECONSTRUCTED_RMS,
     batchnorm_recalibration,
     check_model,
     recalibrate_batchnorm,
@@ -77,6 +78,20 @@ def _mean_image_model(train_x: np.ndarray) -> keras.Model:
     inputs = keras.Input(shape=train_x.shape[1:])
     outputs = keras.layers.Lambda(lambda x: 0.8 * keras.ops.convert_to_tensor(mean) + 0.2 * (1.0 - x))(inputs)
     return keras.Model(inputs, outputs)
+
+
+def _fixed_image_model(image: np.ndarray) -> keras.Model:
+    """`image` whatever comes in: the mean image of parts that look alike is the right reconstruction of each."""
+    inputs = keras.Input(shape=image.shape)
+    outputs = keras.layers.Lambda(lambda x: 0.0 * x + keras.ops.convert_to_tensor(image))(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def _one_part_with_noise(arrays, sigma_levels: float, n: int = 96) -> np.ndarray:
+    """`n` shots of the first validation part, each with its own sensor noise of `sigma_levels` grey levels."""
+    part = arrays[1][0]
+    noise = np.random.default_rng(7).normal(0.0, sigma_levels / 255, (n, *part.shape))
+    return np.clip(part + noise, 0.0, 1.0).astype(np.float32)
 
 
 def test_stale_batchnorm_statistics_are_flagged_and_recalibration_fixes_them(stale: keras.Model, arrays) -> None:
@@ -197,3 +212,25 @@ def test_the_callback_recalibrates_before_every_validation() -> None:
     recalibrate_batchnorm(model, x[:40])
     for a, b in zip(after_fit, _variables(model), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_parts_alike_but_for_sensor_noise_pass_with_their_mean_image_as_the_reconstruction(arrays) -> None:
+    x = _one_part_with_noise(arrays, sigma_levels=2.0)
+    health = check_model(_fixed_image_model(x.mean(axis=0)), x[:64], x[64:])
+    assert health.ok, health.problems
+    assert health.figures["spread_ratio"] < 0.15 and health.figures["mean_image_ratio"] > 0.9  # the ratios alone
+    assert health.figures["reconstruction_rms"] < RECONSTRUCTED_RMS  # would refuse it: the error says why not
+
+
+def test_identical_images_reconstructed_within_a_grey_level_pass(arrays) -> None:
+    x = np.repeat(arrays[1][:1], 48, axis=0)
+    health = check_model(_fixed_image_model(x[0] + 1 / 255), x[:32], x[32:])
+    assert health.ok, health.problems
+    assert health.figures["mean_image_ratio"] > 1e6  # error over an error of zero: meaningless, not a refusal
+
+
+def test_a_fixed_image_model_of_parts_that_vary_is_still_flagged(arrays) -> None:
+    train_x, val_x = arrays
+    health = check_model(_fixed_image_model(train_x.mean(axis=0)), train_x, val_x)
+    assert not health.ok and any("ignore the input" in p for p in health.problems)
+    assert health.figures["reconstruction_rms"] > 4 * RECONSTRUCTED_RMS
