@@ -12,7 +12,7 @@ import pytest
 from imagegen import normal_image, write_images
 
 from monitor.cli import main
-from monitor.model.bundle import META_FILE, load_bundle
+from monitor.model.bundle import META_FILE, check_bundle_folder, load_bundle
 from monitor.training.train import TrainingDataError, TrainOptions, describe_shapes, train_bundle
 
 # The fixed defaults (auto off) and two epochs: these tests check what training does, not how well.
@@ -147,6 +147,22 @@ def test_cli_train_empty_folder_exits_2(tmp_path, capsys) -> None:  # noqa: ANN0
     (tmp_path / "empty").mkdir()
     assert main(["train", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "no image files" in capsys.readouterr().err
+
+
+def test_cli_train_to_an_out_under_a_file_exits_2_before_any_training(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    blocker = tmp_path / "models"
+    blocker.write_text("not a folder")
+    assert main(["train", str(small_dir), "--out", str(blocker / "m"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"its {blocker} is a file" in err
+    assert "epoch" not in err and "chose" not in err  # refused before the images were even read
+    assert blocker.read_text() == "not a folder"
+
+
+def test_checking_the_out_folder_creates_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "bundle"
+    check_bundle_folder(out)
+    assert list(tmp_path.iterdir()) == []  # no folder made, no probe file left
 
 
 def test_cli_train_bad_size_exits_2(small_dir, tmp_path, capsys) -> None:  # noqa: ANN001

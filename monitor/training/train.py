@@ -20,6 +20,8 @@ from monitor.model.bundle import (
     FORMAT,
     FORMAT_VERSION,
     Bundle,
+    BundleError,
+    check_bundle_folder,
     default_threshold,
     library_versions,
     save_bundle,
@@ -612,6 +614,7 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
     """
     options = options or TrainOptions()
     options.validate()
+    check_bundle_folder(out_dir)  # an --out that cannot be written fails now, not after the training
     explicit = set(options.model_fields_set)
     if progress is None and not options.quiet:
         def progress(line: str) -> None:
@@ -655,7 +658,10 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
     else:
         options, bundle, history = results[0]
     bundle.meta["training"].update({k: v for k, v in (("auto", auto_record), ("selection", selection)) if v})
-    saved = save_bundle(out_dir, bundle.model, bundle.meta, density=bundle.density)
+    try:
+        saved = save_bundle(out_dir, bundle.model, bundle.meta, density=bundle.density)
+    except OSError as exc:  # the folder was checked at the start: a disk filled or a folder removed meanwhile
+        raise BundleError(f"{out_dir}: the trained model could not be saved: {exc}") from exc
     if options.report:
         from monitor.training.report import write_training_report
 
