@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -52,6 +53,31 @@ def describe(exc: BaseException) -> str:
     """One log token for an OS error: `ENOSPC:No_space_left_on_device`."""
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return f"{errno_name(exc)}:{text.replace(' ', '_')}"
+
+
+class FolderNotWritable(Exception):
+    """An output folder where no file can be made; the message names the path and says why."""
+
+
+def check_writable_folder(path: Path) -> None:
+    """FolderNotWritable unless files can be written at `path`: for a long command to check before it works.
+
+    The nearest folder that exists on the way must be a folder that takes a file (a probe file is made and
+    removed there); nothing is created at `path` itself, so a command refused for another reason leaves no trace.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" (its {existing} is a file)"
+        raise FolderNotWritable(f"{path}: cannot write there: not a folder{where}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f"{TMP_PREFIX}probe-", suffix=TMP_SUFFIX, dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise FolderNotWritable(f"{path}: cannot write there: {exc.strerror or exc} in {existing}") from exc
 
 
 class NotRegularFile(OSError):

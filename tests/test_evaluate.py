@@ -75,3 +75,15 @@ def test_evaluate_missing_folder_exits_2(tiny_bundle, labelled, tmp_path, capsys
     assert main(["evaluate", str(tiny_bundle), "--normal", str(tmp_path / "none"), "--anomaly",
                  str(labelled[1])]) == 2
     assert "normal folder does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_with_a_report_folder_under_a_file_exits_2_before_scoring(tiny_bundle, labelled, tmp_path,  # noqa: ANN001
+                                                                            capsys) -> None:  # noqa: ANN001
+    blocker = tmp_path / "reports"
+    blocker.write_text("not a folder")
+    assert main(["evaluate", str(tiny_bundle), "--normal", str(labelled[0]), "--anomaly", str(labelled[1]),
+                 "--report", str(blocker / "run1")]) == 2
+    captured = capsys.readouterr()
+    assert f"report folder {blocker / 'run1'}: cannot write there: not a folder (its {blocker} is a file)" \
+        in captured.err
+    assert captured.out == ""  # no figures: nothing was scored

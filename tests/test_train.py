@@ -12,7 +12,8 @@ import pytest
 from imagegen import normal_image, write_images
 
 from monitor.cli import main
-from monitor.model.bundle import META_FILE, check_bundle_folder, load_bundle
+from monitor.files import check_writable_folder
+from monitor.model.bundle import META_FILE, load_bundle
 from monitor.training.train import TrainingDataError, TrainOptions, describe_shapes, train_bundle
 
 # The fixed defaults (auto off) and two epochs: these tests check what training does, not how well.
@@ -161,7 +162,7 @@ def test_cli_train_to_an_out_under_a_file_exits_2_before_any_training(small_dir,
 
 def test_checking_the_out_folder_creates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "new" / "bundle"
-    check_bundle_folder(out)
+    check_writable_folder(out)
     assert list(tmp_path.iterdir()) == []  # no folder made, no probe file left
 
 

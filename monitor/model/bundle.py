@@ -511,27 +511,6 @@ def _inference_copy(model: Any) -> Any:
     return copy
 
 
-def check_bundle_folder(path: str | Path) -> None:
-    """BundleError unless a bundle can be written to `path`: checked before a training run, not after it.
-
-    The nearest folder that exists on the way must be a folder that takes a file (a probe file is made and
-    removed there); nothing is created at `path` itself, so a run refused for another reason leaves no trace.
-    """
-    path = Path(path)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "" if existing == path else f" (its {existing} is a file)"
-        raise BundleError(f"{path}: cannot write a bundle there: not a folder{where}")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot write a bundle there: {exc.strerror or exc} in {existing}") from exc
-
-
 def save_bundle(path: str | Path, model: Any, meta: dict, density: Any = None) -> Bundle:
     """Write model.keras (and the density parameters) then bundle.json into `path`, each renamed into place."""
     path = Path(path)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from monitor.evidence import render_evidence
+from monitor.files import FolderNotWritable, check_writable_folder
 from monitor.images import list_images, read_image
 from monitor.model.bundle import Bundle
 from monitor.model.scorer import BatchScorer
@@ -95,6 +96,11 @@ def _read_folder(folder: Path, what: str) -> tuple[list[Path], list[np.ndarray],
 def evaluate_folders(bundle: Bundle, normal_dir: Path, anomaly_dir: Path, max_batch: int = 32,
                      report_dir: Path | None = None, worst: int = 5) -> Evaluation:
     """Score both folders, compute the figures, optionally write the report folder."""
+    if report_dir is not None:
+        try:  # before the scoring: a report folder that cannot be written must not cost the whole run
+            check_writable_folder(Path(report_dir))
+        except FolderNotWritable as exc:
+            raise EvaluationError(f"report folder {exc}") from exc
     n_paths, n_images, n_bad = _read_folder(Path(normal_dir), "normal")
     a_paths, a_images, a_bad = _read_folder(Path(anomaly_dir), "anomaly")
     scorer = BatchScorer(bundle, max_batch=max_batch)

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from monitor.files import FolderNotWritable, check_writable_folder
 from monitor.images import list_images, read_image
 from monitor.model.bundle import (
     FORMAT,
     FORMAT_VERSION,
     Bundle,
     BundleError,
-    check_bundle_folder,
     default_threshold,
     library_versions,
     save_bundle,
@@ -614,7 +614,10 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
     """
     options = options or TrainOptions()
     options.validate()
-    check_bundle_folder(out_dir)  # an --out that cannot be written fails now, not after the training
+    try:  # an --out that cannot be written fails now, not after the training
+        check_writable_folder(Path(out_dir))
+    except FolderNotWritable as exc:
+        raise BundleError(f"bundle folder {exc}") from exc
     explicit = set(options.model_fields_set)
     if progress is None and not options.quiet:
         def progress(line: str) -> None:
