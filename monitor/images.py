@@ -55,8 +55,16 @@ def is_self_delimited(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive, sorted), by extension."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_name(p))
+    """Image files under `folder` (recursive, sorted), by extension; hidden files and folders left out.
+
+    A name starting with "." is a writer's temporary (the folder source skips them too), a macOS copy's
+    AppleDouble companion (`._part.png`: 4 KB of metadata beside every file copied from a Mac, which made half
+    of a folder "unreadable" and training refuse it) or a tool's folder (`.ipynb_checkpoints`, `.git`).
+    """
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*")
+                  if is_image_name(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                  and p.is_file())
 
 
 def image_is_complete(data: bytes) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -158,6 +159,18 @@ def test_cli_train_to_an_out_under_a_file_exits_2_before_any_training(small_dir,
     assert f"its {blocker} is a file" in err
     assert "epoch" not in err and "chose" not in err  # refused before the images were even read
     assert blocker.read_text() == "not a folder"
+
+
+def test_hidden_files_and_folders_are_not_training_data(small_dir, tmp_path) -> None:  # noqa: ANN001
+    data = tmp_path / "from_a_mac"
+    shutil.copytree(small_dir, data)
+    for image in sorted(data.iterdir()):  # what a copy from macOS leaves beside every file
+        (data / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    (data / ".ipynb_checkpoints").mkdir()
+    shutil.copy(next(small_dir.iterdir()), data / ".ipynb_checkpoints" / "copy-checkpoint.png")
+    bundle = train_bundle(data, tmp_path / "m", TrainOptions(**FAST))
+    assert bundle.meta["data"]["images"] == bundle.meta["data"]["files"] == 30
+    assert bundle.meta["data"]["skipped"] == []
 
 
 def test_checking_the_out_folder_creates_nothing(tmp_path: Path) -> None:
