@@ -224,11 +224,22 @@ def decode_image(data: bytes, max_decoded_bytes: int = MAX_DECODED_BYTES) -> np.
     return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
 
 
+def unscorable_pixels(image: np.ndarray) -> str | None:
+    """Why the pixels of a decoded image cannot be scored, or None: preprocessing scales uint8, uint16 and float.
+
+    OpenCV also decodes TIFFs of int32 (and other) pixels, whose range nothing tells; they are refused at the
+    door rather than failing a batch (the daemon) or a whole training run.
+    """
+    if image.dtype in (np.uint8, np.uint16) or np.issubdtype(image.dtype, np.floating):
+        return None
+    return f"pixels of type {image.dtype} are not scored (uint8, uint16 or float)"
+
+
 def read_image(path: Path) -> np.ndarray | None:
-    """Decode an image file as OpenCV does; None when it cannot be read or decoded."""
+    """Decode an image file as OpenCV does; None when it cannot be read, decoded or scored."""
     try:
         with open(path, "rb") as f:
             image = decode_image(f.read())
     except (OSError, cv2.error, ImageTooLarge):
         return None
-    return image if image is not None and image.size else None
+    return image if image is not None and image.size and unscorable_pixels(image) is None else None

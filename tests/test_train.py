@@ -173,6 +173,16 @@ def test_hidden_files_and_folders_are_not_training_data(small_dir, tmp_path) -> 
     assert bundle.meta["data"]["skipped"] == []
 
 
+def test_images_of_pixels_that_cannot_be_scored_are_skipped_not_a_crash(small_dir, tmp_path) -> None:  # noqa: ANN001
+    data = tmp_path / "with_counts"
+    shutil.copytree(small_dir, data)
+    ok, buf = cv2.imencode(".tif", np.arange(16 * 16, dtype=np.int32).reshape(16, 16) * 1000)
+    assert ok
+    (data / "counts.tif").write_bytes(buf.tobytes())  # 1 of 31 files: under the share of unreadable allowed
+    bundle = train_bundle(data, tmp_path / "m", TrainOptions(**FAST))
+    assert bundle.meta["data"]["skipped"] == ["counts.tif"] and bundle.meta["data"]["images"] == 30
+
+
 def test_checking_the_out_folder_creates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "new" / "bundle"
     check_writable_folder(out)

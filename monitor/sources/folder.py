@@ -55,7 +55,14 @@ from watchdog.observers import Observer
 from monitor import metrics
 from monitor.batching import FrameQueue, QueueClosed
 from monitor.config import FolderSourceConfig
-from monitor.images import ImageTooLarge, decode_image, image_is_complete, is_image_name, is_self_delimited
+from monitor.images import (
+    ImageTooLarge,
+    decode_image,
+    image_is_complete,
+    is_image_name,
+    is_self_delimited,
+    unscorable_pixels,
+)
 from monitor.records import FileKey, Frame
 from monitor.sources.base import PausableSource
 from monitor.sources.ledger import Ledger
@@ -621,6 +628,11 @@ class FolderSource(PausableSource):
             return
         if image is None or image.size == 0:
             self._retry_or_quarantine(path, cand, "undecodable", "OpenCV could not decode it")
+            return
+        unscorable = unscorable_pixels(image)
+        if unscorable is not None:
+            self.forget(path)
+            self.quarantine.put(self.name, path, "undecodable", unscorable)
             return
         with self._lock:
             self._pending.pop(path, None)

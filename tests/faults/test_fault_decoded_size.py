@@ -156,3 +156,31 @@ def test_the_header_reader_never_raises_on_a_truncated_image(ext, cut):
     ok, buf = cv2.imencode(ext, np.full((20, 30, 3), 77, np.uint8))
     assert ok
     image_header(buf.tobytes()[:cut])
+
+
+# --- pixel types ------------------------------------------------------------------------------
+
+def _tiff(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".tif", image)
+    assert ok
+    return buf.tobytes()
+
+
+def test_a_tiff_of_int32_pixels_is_quarantined_at_the_door_and_the_next_image_scored(harness):
+    int32 = (np.arange(32 * 32, dtype=np.int32) * 1000).reshape(32, 32)
+    assert decode_image(_tiff(int32)).dtype == np.int32  # OpenCV decodes it: only its range is unknown
+    harness.start()
+    (harness.inbox / "counts.tif").write_bytes(_tiff(int32))
+    _, text = quarantined(harness, "counts.tif")
+    assert "reason: undecodable" in text and "pixels of type int32 are not scored" in text
+    (harness.inbox / "next.png").write_bytes(png(2))
+    assert [f.path.name for f in harness.frames(1)] == ["next.png"]
+
+
+def test_tiffs_of_16_bit_and_float_pixels_are_scored(harness):
+    harness.start()
+    (harness.inbox / "u16.tif").write_bytes(_tiff(np.full((32, 32), 40000, np.uint16)))
+    (harness.inbox / "f32.tif").write_bytes(_tiff(np.full((32, 32), 0.5, np.float32)))
+    frames = harness.frames(2)
+    assert sorted((f.path.name, f.image.dtype.name) for f in frames) == [("f32.tif", "float32"),
+                                                                       ("u16.tif", "uint16")]
