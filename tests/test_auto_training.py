@@ -1,6 +1,8 @@
 """`monitor train DIR` with no options: settings chosen from the data, candidates trained, the score chosen on
 synthetic defects, a degenerate model refused; and a bundle with the combined score scores as it was chosen."""
 
+import contextlib
+import io
 import json
 
 import cv2
@@ -18,11 +20,27 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def auto_bundle(tmp_path_factory, normal_dir):
-    """`monitor train` with nothing but a short run: everything else is chosen."""
+def auto_run(tmp_path_factory, normal_dir):
+    """`monitor train` with nothing but a short run: everything else is chosen. (bundle folder, progress lines)"""
     out = tmp_path_factory.mktemp("auto") / "bundle"
-    assert main(["train", str(normal_dir), "--out", str(out), "--epochs", "8", "--seed", "0", "--quiet"]) == 0
-    return out
+    progress = io.StringIO()
+    with contextlib.redirect_stderr(progress):
+        assert main(["train", str(normal_dir), "--out", str(out), "--epochs", "8", "--seed", "0"]) == 0
+    return out, progress.getvalue().splitlines()
+
+
+@pytest.fixture(scope="module")
+def auto_bundle(auto_run):
+    return auto_run[0]
+
+
+def test_progress_says_what_is_being_chosen_before_the_candidates_are_scored(auto_run):
+    lines = auto_run[1]
+    start = next(i for i, line in enumerate(lines) if line.startswith("choosing the score: "))
+    assert "held-out images and" in lines[start] and "synthetic defects" in lines[start]
+    first_candidate = next(i for i, line in enumerate(lines) if line.startswith("candidate "))
+    last_epoch = max(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    assert last_epoch < start < first_candidate  # said after training, before the scoring it announces
 
 
 def test_settings_not_given_are_chosen_from_the_data_with_reasons(auto_bundle):

@@ -520,6 +520,10 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
     defect_x = np.stack([d.image for d in defects])
     families = [d.family for d in defects]
     sample = train_x.draw(rng) if isinstance(train_x, TileCrops) else train_x  # other crops than training's
+    if progress:  # minutes on large images: say what is being done before doing it
+        kind = "crops" if isinstance(train_x, TileCrops) else "images"
+        progress(f"choosing the score: each architecture's candidate scores on {len(val_x)} held-out {kind} and "
+                 f"{len(defect_x)} synthetic defects made from them")
     trials = []
     for opts, bundle, _ in results:
         only = (opts.score, dict(opts.score_params)) if fixed_score else None
@@ -540,6 +544,9 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
     if isinstance(train_x, TileCrops) and calibration is not None and not fixed_score:
         from monitor.training.image_level import choose_image_level
 
+        if progress:
+            progress(f"scoring {len(calibration)} whole held-out images and synthetic defects on them at working "
+                     "resolution: whole-image density vs tiles")
         section, gaussian, image_record = choose_image_level(bundle, (best.score, best.params), train_x.images,
                                                              calibration, rng)
         if section is not None:
