@@ -116,3 +116,13 @@ def test_choosing_compares_tiles_and_whole_image_candidates_on_whole_images(tile
         assert section is None and best <= record["tiles"] + 0.005
     else:
         assert best > record["tiles"] + 0.005 and section["on"] == "image" and gaussian is not None
+
+
+def test_whole_image_features_do_not_depend_on_how_many_images_share_a_pass(parts, monkeypatch):
+    from monitor.model import density
+
+    works = [im.astype(np.float32)[..., None] / 255 for im in parts[0][:5]]
+    default = image_features(works, (SIZE, SIZE))  # 5 images in one pass at 96x96
+    monkeypatch.setattr(density, "IMAGE_CHUNK_PIXELS", 2 * SIZE * SIZE)  # a large image's budget, in small
+    np.testing.assert_allclose(image_features(works, (SIZE, SIZE)), default, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(image_features(works, (SIZE, SIZE), batch=1), default, rtol=1e-5, atol=1e-6)
