@@ -126,3 +126,15 @@ def test_whole_image_features_do_not_depend_on_how_many_images_share_a_pass(part
     monkeypatch.setattr(density, "IMAGE_CHUNK_PIXELS", 2 * SIZE * SIZE)  # a large image's budget, in small
     np.testing.assert_allclose(image_features(works, (SIZE, SIZE)), default, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(image_features(works, (SIZE, SIZE), batch=1), default, rtol=1e-5, atol=1e-6)
+
+
+def test_the_whole_image_comparison_scores_at_most_its_share_of_held_out_images(tiled_bundle, parts, monkeypatch):
+    from monitor.training import image_level
+
+    monkeypatch.setattr(image_level, "COMPARE_IMAGES", 8)
+    train, normal, _ = parts
+    bundle = load_bundle(tiled_bundle)
+    _, _, record = choose_image_level(bundle, (bundle.score_name, bundle.score_params), _works(train, bundle),
+                                      normal, np.random.default_rng(1))
+    assert len(normal) == 20 and record["whole_normal_images"] == 8
+    assert record["whole_image_defects"] == image_level.MIN_DEFECTS
