@@ -15,6 +15,10 @@ in [0, 1], as the model is fed):
   ratio means over-fitting or two kinds of images in the folder.
 - **Not finite**: NaN or infinite losses or reconstructions (a diverged run).
 
+Differences within sensor noise (NOISE_RMS) mean nothing: a model that close to its inputs passes the first
+three checks, and data whose images are that close to their mean (parts alike but for noise) is spared the
+ignored-input and mean-image checks, since there the mean image is the right reconstruction.
+
 The remedy for the first (and usually the other two with it: stale statistics make the inference-mode
 model output a blur near the mean image) is ``recalibrate_batchnorm``: the moving statistics set to the
 population statistics under the final weights, and ``batchnorm_recalibration``, a callback that does it
