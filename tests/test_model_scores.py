@@ -67,3 +67,28 @@ def test_every_score_reduces_its_own_error_map(tiny_bundle: Path, images, name: 
 def test_unknown_score_name_lists_the_known_ones() -> None:
     with pytest.raises(KeyError, match="known: mse"):
         get_score("nope")
+
+
+def test_maps_shorter_than_the_blur_radius_are_blurred_not_refused() -> None:
+    """An encoder's map of an 8-px-high tile (a line camera's strip) is 2 px high; sigma 2 reaches 6 px."""
+    import tensorflow as tf
+
+    from monitor.model.scores import blur_maps
+
+    flat = blur_maps(tf.ones((1, 2, 16)), 2.0).numpy()
+    np.testing.assert_allclose(flat, 1.0, rtol=1e-6)  # the cut kernel still sums to one
+    spike = np.zeros((1, 2, 16), np.float32)
+    spike[0, :, 8] = 1.0
+    spread = blur_maps(tf.constant(spike), 2.0).numpy()[0, 0]
+    assert spread[8] == spread.max() < 1.0 and spread[6] > 0 and spread[0] < 1e-3  # along the long side as before
+
+
+def test_maps_longer_than_the_blur_radius_blur_as_before() -> None:
+    import cv2
+    import tensorflow as tf
+
+    from monitor.model.scores import blur_maps
+
+    x = np.random.default_rng(0).random((1, 24, 24)).astype(np.float32)
+    expected = cv2.GaussianBlur(x[0], (13, 13), 2.0, borderType=cv2.BORDER_REFLECT)  # radius 6, edge repeated
+    np.testing.assert_allclose(blur_maps(tf.constant(x), 2.0).numpy()[0], expected, atol=1e-5)

@@ -30,16 +30,31 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
+def _truncated(k: np.ndarray, radius: int) -> np.ndarray:
+    """The kernel cut to `radius` either side of its centre and normalised again."""
+    centre = len(k) // 2
+    cut = k[centre - radius:centre + radius + 1]
+    return (cut / cut.sum()).astype(np.float32)
+
+
 def _blur(maps: tf.Tensor, sigma: float) -> tf.Tensor:
-    """Separable Gaussian blur of NxHxW maps (reflect padding: no dark rim at the borders)."""
+    """Separable Gaussian blur of NxHxW maps (reflect padding: no dark rim at the borders).
+
+    Reflect padding cannot reach further than the map is long: along a side shorter than the kernel's radius
+    (an encoder's map of a tile 8 px high is 2 px high) the kernel is cut to that side, so a strip from a line
+    camera blurs, where it had stopped training with a MirrorPad error.
+    """
     if sigma <= 0:
         return maps
     k = _gaussian_kernel(sigma)
-    pad = len(k) // 2
+    radius = len(k) // 2
+    h, w = maps.shape[1], maps.shape[2]
+    ry = radius if h is None else min(radius, int(h))
+    rx = radius if w is None else min(radius, int(w))
     x = maps[..., None]
-    x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")
-    x = tf.nn.conv2d(x, tf.constant(k.reshape(-1, 1, 1, 1)), strides=1, padding="VALID")
-    x = tf.nn.conv2d(x, tf.constant(k.reshape(1, -1, 1, 1)), strides=1, padding="VALID")
+    x = tf.pad(x, [[0, 0], [ry, ry], [rx, rx], [0, 0]], mode="SYMMETRIC")
+    x = tf.nn.conv2d(x, tf.constant(_truncated(k, ry).reshape(-1, 1, 1, 1)), strides=1, padding="VALID")
+    x = tf.nn.conv2d(x, tf.constant(_truncated(k, rx).reshape(1, -1, 1, 1)), strides=1, padding="VALID")
     return x[..., 0]
 
 
