@@ -9,7 +9,7 @@ from monitor.model.bundle import BundleError, load_bundle, save_bundle
 from monitor.model.density import FeatureGaussian, image_density_maps, image_features, normaliser
 from monitor.model.preprocess import to_working_image
 from monitor.model.scorer import BatchScorer, combine_image_maps
-from monitor.training.image_level import choose_image_level
+from monitor.training.image_level import MIN_DEFECTS, choose_image_level
 from monitor.training.quality import auroc
 
 SIZE = 96  # parts: a few 32x32 tiles of the tiled fixture
@@ -138,3 +138,13 @@ def test_the_whole_image_comparison_scores_at_most_its_share_of_held_out_images(
                                       normal, np.random.default_rng(1))
     assert len(normal) == 20 and record["whole_normal_images"] == 8
     assert record["whole_image_defects"] == image_level.MIN_DEFECTS
+
+
+def test_the_whole_image_comparison_runs_on_strips_too_short_for_a_4_px_defect(tiled_bundle, parts):
+    """A line camera's 4-px strips: the defects are made as large as the strips allow, not refused."""
+    train, normal, _ = parts
+    bundle = load_bundle(tiled_bundle)
+    strips = [im[40:44] for im in train[:20]]
+    _, _, record = choose_image_level(bundle, (bundle.score_name, bundle.score_params), _works(strips, bundle),
+                                      [im[40:44] for im in normal], np.random.default_rng(1))
+    assert record["whole_image_defects"] == MIN_DEFECTS and record["image_size"] == [4, SIZE]

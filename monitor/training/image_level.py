@@ -69,7 +69,10 @@ def choose_image_level(bundle: Bundle, residual_score: tuple[str, dict[str, Any]
     if len(normal_images) > COMPARE_IMAGES:
         normal_images = [normal_images[i] for i in
                          np.sort(rng.choice(len(normal_images), COMPARE_IMAGES, replace=False))]
-    defects = defect_set(normal_images, max(MIN_DEFECTS, 2 * len(normal_images)), rng, min_size_px=4)
+    # A defect of 4 original pixels, where the images allow one (a defect needs twice its size on each side):
+    # a line camera's strips of 4 px stopped training here.
+    min_px = max(1, min(4, min(min(im.shape[:2]) for im in normal_images) // 2))
+    defects = defect_set(normal_images, max(MIN_DEFECTS, 2 * len(normal_images)), rng, min_size_px=min_px)
     defect_images = [d.image for d in defects]
     base_n, _ = _scored(bundle, normal_images)
     base_d, _ = _scored(bundle, defect_images)
