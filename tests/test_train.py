@@ -183,6 +183,15 @@ def test_images_of_pixels_that_cannot_be_scored_are_skipped_not_a_crash(small_di
     assert bundle.meta["data"]["skipped"] == ["counts.tif"] and bundle.meta["data"]["images"] == 30
 
 
+def test_a_bundle_kept_inside_the_data_folder_is_not_training_data(small_dir, tmp_path) -> None:  # noqa: ANN001
+    data = tmp_path / "good"
+    shutil.copytree(small_dir, data)
+    first = train_bundle(data, data / "model", TrainOptions(**{**FAST, "report": True}))  # --out good/model
+    assert list((data / "model" / "report").glob("*.png"))  # plots a second run would have read as parts
+    second = train_bundle(data, tmp_path / "again", TrainOptions(**FAST))
+    assert second.meta["data"]["images"] == first.meta["data"]["images"] == 30
+
+
 def test_checking_the_out_folder_creates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "new" / "bundle"
     check_writable_folder(out)

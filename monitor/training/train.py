@@ -20,6 +20,7 @@ from monitor.images import list_images, read_image
 from monitor.model.bundle import (
     FORMAT,
     FORMAT_VERSION,
+    META_FILE,
     Bundle,
     BundleError,
     default_threshold,
@@ -77,6 +78,11 @@ def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1,
     if not data_dir.is_dir():
         raise TrainingDataError(f"{data_dir}: training data folder does not exist")
     paths = list_images(data_dir)
+    # A bundle kept inside the data folder (`--out good/model`) holds report plots: never training data.
+    for bundle_dir in sorted(m.parent for m in data_dir.rglob(META_FILE)):
+        inside = [p for p in paths if bundle_dir in p.parents]
+        log.warning("training_bundle_folder_skipped folder=%s images=%d", bundle_dir, len(inside))
+        paths = [p for p in paths if bundle_dir not in p.parents]
     if not paths:
         raise TrainingDataError(f"{data_dir}: no image files (PNG, JPEG, BMP, TIFF) in the folder")
     excluded = [p for p in paths if p in exclude]
