@@ -80,9 +80,9 @@ def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1,
     paths = list_images(data_dir)
     # A bundle kept inside the data folder (`--out good/model`) holds report plots: never training data.
     for bundle_dir in sorted(m.parent for m in data_dir.rglob(META_FILE)):
-        inside = [p for p in paths if bundle_dir in p.parents]
-        log.warning("training_bundle_folder_skipped folder=%s images=%d", bundle_dir, len(inside))
-        paths = [p for p in paths if bundle_dir not in p.parents]
+        kept = [p for p in paths if bundle_dir not in p.parents]
+        log.warning("training_bundle_folder_skipped folder=%s images=%d", bundle_dir, len(paths) - len(kept))
+        paths = kept
     if not paths:
         raise TrainingDataError(f"{data_dir}: no image files (PNG, JPEG, BMP, TIFF) in the folder")
     excluded = [p for p in paths if p in exclude]
@@ -548,11 +548,11 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
                        calibration)
     image_record = None
     if isinstance(train_x, TileCrops) and calibration is not None and not fixed_score:
-        from monitor.training.image_level import choose_image_level
+        from monitor.training.image_level import COMPARE_IMAGES, choose_image_level
 
         if progress:
-            progress(f"scoring {len(calibration)} whole held-out images and synthetic defects on them at working "
-                     "resolution: whole-image density vs tiles")
+            progress(f"scoring {min(len(calibration), COMPARE_IMAGES)} whole held-out images and synthetic defects "
+                     "on them at working resolution: whole-image density vs tiles")
         section, gaussian, image_record = choose_image_level(bundle, (best.score, best.params), train_x.images,
                                                              calibration, rng)
         if section is not None:
