@@ -64,14 +64,6 @@ def _bn_problems(problems: list[str]) -> list[str]:
     return [p for p in problems if "BatchNorm" in p]
 
 
-def _input_ignoring_model(train_x: np.ndarray) -> keras.Model:
-    """Zero kernel, bias 0.5: a mid-gray image whatever comes in."""
-    inputs = keras.Input(shape=train_x.shape[1:])
-    outputs = keras.layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(0.5),
-                                  activation=None)(inputs)
-    return keras.Model(inputs, outputs)
-
-
 def _mean_image_model(train_x: np.ndarray) -> keras.Model:
     """Mean image plus a faint copy of the input: it depends on the input, yet is no better than the mean."""
     mean = train_x.mean(axis=0)
@@ -85,6 +77,11 @@ def _fixed_image_model(image: np.ndarray) -> keras.Model:
     inputs = keras.Input(shape=image.shape)
     outputs = keras.layers.Lambda(lambda x: 0.0 * x + keras.ops.convert_to_tensor(image))(inputs)
     return keras.Model(inputs, outputs)
+
+
+def _input_ignoring_model(train_x: np.ndarray) -> keras.Model:
+    """A mid-gray image whatever comes in."""
+    return _fixed_image_model(np.full(train_x.shape[1:], 0.5, np.float32))
 
 
 def _one_part_with_noise(arrays, sigma_levels: float, n: int = 96) -> np.ndarray:
