@@ -33,6 +33,7 @@ from monitor.training.train import train_bundle  # noqa: E402
 
 CASES = {
     "gravel64": ("gravel", 600, "600 gray 64x64 crops of skimage.data.gravel()"),
+    "gravel64x4000": ("gravel", 4000, "4,000 gray 64x64 crops of skimage.data.gravel() (a large folder)"),
     "part256": ("part256", 300, "300 gray 256x256 cast parts"),
     "part512": ("part256", 300, "300 gray 512x512 cast parts (the part256 part rendered at twice the size)"),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import platform
 import queue
 import signal
@@ -661,28 +662,42 @@ class Daemon:
                 log.exception("batch_failed size=%d", len(frames))
 
     def _score_frames(self, model: LoadedModel, frames: list[Frame]) -> list[tuple[Frame, ScoredBatch, int]]:
-        """Score a batch; if it fails, score one by one so a single bad frame costs only itself."""
+        """Score a batch; if it fails, score one by one so a single bad frame costs only itself.
+
+        A frame whose score is not finite (NaN: no threshold would ever flag it) is handled as one that failed.
+        """
         start = time.perf_counter()
         try:
             scored = model.scorer.score([f.image for f in frames])
             metrics.INFERENCE_SECONDS.labels(model.name).observe(time.perf_counter() - start)
             metrics.BATCH_SIZE.labels(model.name).observe(len(frames))
-            return [(f, scored, i) for i, f in enumerate(frames)]
+            results = [(f, scored, i) for i, f in enumerate(frames)]
         except Exception:  # noqa: BLE001
             log.exception("batch_scoring_failed retry=one_by_one size=%d model=%s", len(frames), model.name)
-        results = []
-        for frame in frames:
-            try:
-                results.append((frame, model.scorer.score([frame.image]), 0))
-            except Exception as exc:  # noqa: BLE001
-                metrics.ERRORS.labels("score").inc()
-                log.error("frame_scoring_failed source=%s path=%s error=%s", frame.source, frame.path, exc)
-                if frame.path is not None:
-                    self.quarantine.put(frame.source, frame.path, "undecodable", f"scoring failed: {exc}")
-                    if self.outputs.stopping and frame.path.exists():
-                        continue  # given up unmoved: not acknowledged, so it is tried again at the next start
-                self.sources.acknowledge(frame)
-        return results
+            results = []
+            for frame in frames:
+                try:
+                    results.append((frame, model.scorer.score([frame.image]), 0))
+                except Exception as exc:  # noqa: BLE001
+                    self._reject(frame, f"scoring failed: {exc}")
+        finite = []
+        for frame, scored, i in results:
+            score = float(scored.scores[i])
+            if math.isfinite(score):
+                finite.append((frame, scored, i))
+            else:
+                self._reject(frame, f"scoring failed: the model gave a score of {score}, which no threshold flags")
+        return finite
+
+    def _reject(self, frame: Frame, reason: str) -> None:
+        """A frame that could not be scored: counted, logged, a file quarantined with the reason, acknowledged."""
+        metrics.ERRORS.labels("score").inc()
+        log.error("frame_scoring_failed source=%s path=%s error=%s", frame.source, frame.path, reason)
+        if frame.path is not None:
+            self.quarantine.put(frame.source, frame.path, "undecodable", reason)
+            if self.outputs.stopping and frame.path.exists():
+                return  # given up unmoved: not acknowledged, so it is tried again at the next start
+        self.sources.acknowledge(frame)
 
     @staticmethod
     def group_by_model(pipeline: Pipeline, frames: list[Frame]) -> list[tuple[LoadedModel, list[Frame]]]:

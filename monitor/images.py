@@ -224,22 +224,62 @@ def decode_image(data: bytes, max_decoded_bytes: int = MAX_DECODED_BYTES) -> np.
     return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
 
 
+# A float image is read on a scale of 0..1 (preprocessing clips it there); beyond a grey level of rounding
+# overshoot, values outside it mean another scale (a 0..255 image saved as float, a height map in mm) and
+# clipping would score a white or black image instead of the part.
+FLOAT_RANGE_SLACK = 1 / 255
+
+
 def unscorable_pixels(image: np.ndarray) -> str | None:
     """Why the pixels of a decoded image cannot be scored, or None: preprocessing scales uint8, uint16 and float.
 
     OpenCV also decodes TIFFs of int32 (and other) pixels, whose range nothing tells; they are refused at the
-    door rather than failing a batch (the daemon) or a whole training run.
+    door rather than failing a batch (the daemon) or a whole training run. A float image with NaN or infinite
+    pixels (a 3D sensor's missing points) would score NaN, which no threshold flags: refused too, as is one on
+    another scale than 0..1.
     """
-    if image.dtype in (np.uint8, np.uint16) or np.issubdtype(image.dtype, np.floating):
+    if image.dtype in (np.uint8, np.uint16):
         return None
-    return f"pixels of type {image.dtype} are not scored (uint8, uint16 or float)"
+    if not np.issubdtype(image.dtype, np.floating):
+        return f"pixels of type {image.dtype} are not scored (uint8, uint16 or float)"
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = int(image.size - np.count_nonzero(finite))
+        return (f"{bad} of {image.size} float pixel values are NaN or infinite: no score can be computed from "
+                "them (fill or mask missing points before saving)")
+    low, high = float(image.min()), float(image.max())
+    if low < -FLOAT_RANGE_SLACK or high > 1 + FLOAT_RANGE_SLACK:
+        return (f"float pixels are read on a scale of 0..1, these span {low:.6g}..{high:.6g} (save as 8- or "
+                "16-bit, or scale to 0..1)")
+    return None
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be read, decoded or scored; the message says why."""
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode an image file as OpenCV does; UnreadableImage says why when it cannot be read, decoded or scored."""
+    try:
+        with open(path, "rb") as f:
+            image = decode_image(f.read())
+    except OSError as exc:
+        raise UnreadableImage(f"cannot read: {exc.strerror or exc}") from None
+    except ImageTooLarge as exc:
+        raise UnreadableImage(f"too large: {exc}") from None
+    except cv2.error as exc:
+        raise UnreadableImage(f"OpenCV refused it: {str(exc).strip().splitlines()[-1][:200]}") from None
+    if image is None or not image.size:
+        raise UnreadableImage("not an image OpenCV can decode")
+    problem = unscorable_pixels(image)
+    if problem is not None:
+        raise UnreadableImage(problem)
+    return image
 
 
 def read_image(path: Path) -> np.ndarray | None:
     """Decode an image file as OpenCV does; None when it cannot be read, decoded or scored."""
     try:
-        with open(path, "rb") as f:
-            image = decode_image(f.read())
-    except (OSError, cv2.error, ImageTooLarge):
+        return load_image(path)
+    except UnreadableImage:
         return None
-    return image if image is not None and image.size and unscorable_pixels(image) is None else None

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from imagegen import anomalous_image, normal_image, write_images
@@ -65,6 +66,17 @@ def test_score_reports_unreadable_files_and_scores_the_rest(tiny_bundle, mixed_d
     captured = capsys.readouterr()
     assert len(_json_lines(captured.out)) == 1
     assert "broken.png: not a readable image" in captured.err
+
+
+def test_score_names_why_a_float_image_with_nan_pixels_is_not_scored(tiny_bundle, tmp_path, capsys) -> None:  # noqa: ANN001
+    pixels = np.full((32, 32), 0.5, np.float32)
+    pixels[4:8, 4:8] = np.nan  # a 3D sensor's missing points: the score would be NaN, which no threshold flags
+    ok, buf = cv2.imencode(".tif", pixels)
+    (tmp_path / "holes.tif").write_bytes(buf.tobytes())
+    assert main(["score", str(tiny_bundle), str(tmp_path / "holes.tif"), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert _json_lines(captured.out) == []
+    assert "holes.tif: not a readable image (16 of 1024 float pixel values are NaN or infinite" in captured.err
 
 
 def test_info_prints_input_score_and_threshold(tiny_bundle, capsys) -> None:  # noqa: ANN001

@@ -183,6 +183,18 @@ def test_images_of_pixels_that_cannot_be_scored_are_skipped_not_a_crash(small_di
     assert bundle.meta["data"]["skipped"] == ["counts.tif"] and bundle.meta["data"]["images"] == 30
 
 
+def test_a_folder_of_float_images_on_another_scale_is_refused_with_the_reason(tmp_path) -> None:  # noqa: ANN001
+    data = tmp_path / "float_levels"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):  # 0..255 grey levels saved as float: clipped to 0..1 they would all be white
+        ok, buf = cv2.imencode(".tif", (normal_image(rng, 16)).astype(np.float32))
+        (data / f"{i}.tif").write_bytes(buf.tobytes())
+    with pytest.raises(TrainingDataError, match=r"12 of 12 image files are unreadable .*0\.tif: float pixels are "
+                                                 r"read on a scale of 0\.\.1, these span"):
+        train_bundle(data, tmp_path / "m", TrainOptions(**FAST))
+
+
 def test_a_bundle_kept_inside_the_data_folder_is_not_training_data(small_dir, tmp_path) -> None:  # noqa: ANN001
     data = tmp_path / "good"
     shutil.copytree(small_dir, data)
@@ -284,6 +296,37 @@ def test_flip_augmentation_mirrors_about_half_of_each_epoch_and_keeps_the_data()
     mirrored = sum(any(np.array_equal(b, o[:, ::-1]) for o in original) for b in seen)
     assert len(seen) == 40 and 10 <= mirrored <= 30
     np.testing.assert_array_equal(x, original)
+
+
+def test_a_subset_per_epoch_is_fresh_every_epoch_and_covers_the_data() -> None:
+    from monitor.training.train import _flip_batches
+
+    x = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
+    batches = _flip_batches(x, 8, seed=1, flip=False, per_epoch=20)
+    seen: list[set[float]] = []
+    for _ in range(10):
+        epoch = np.concatenate([batches[i][0] for i in range(len(batches))]).ravel()
+        assert len(batches) == 3 and len(epoch) == 20 and len(set(epoch)) == 20
+        seen.append(set(epoch))
+        batches.on_epoch_end()
+    assert seen[0] != seen[1]
+    assert len(set().union(*seen)) > 80  # ten epochs of 20 reach most of the 100, not the same 20
+
+
+@pytest.mark.parametrize(("per_epoch", "steps"), [(None, 4), (20, 3), (500, 4)])
+def test_samples_per_epoch_sets_the_optimiser_steps_of_an_epoch(per_epoch: int | None, steps: int) -> None:
+    from monitor.training.train import fit_autoencoder
+
+    x = np.random.default_rng(0).random((40, 16, 16, 1)).astype(np.float32)
+    options = TrainOptions(**{**FAST, "epochs": 2, "patience": 5, "batch_size": 8, "samples_per_epoch": per_epoch})
+    model, history = fit_autoencoder(x[:32], x[32:], options)  # 32 images, batch 8
+    assert len(history["loss"]) == 2
+    assert int(model.optimizer.iterations.numpy()) == 2 * steps
+
+
+def test_samples_per_epoch_must_be_positive_and_names_the_flag(small_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    assert main(["train", str(small_dir), "--out", str(tmp_path / "x"), "--samples-per-epoch", "0"]) == 2
+    assert "--samples-per-epoch: must be positive" in capsys.readouterr().err
 
 
 def test_cli_texture_preset_sets_the_texture_settings_and_flags_override_it(tmp_path) -> None:  # noqa: ANN001

@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage import data
 
-from monitor.training.auto import COLOUR_THRESHOLD, MIN_STEPS, WORKING_PIXELS, Choice, choose_settings, chroma
+from monitor.training.auto import (
+    BUDGET_SAMPLES,
+    COLOUR_THRESHOLD,
+    MIN_EPOCHS,
+    MIN_STEPS,
+    WORKING_PIXELS,
+    Choice,
+    choose_settings,
+    chroma,
+)
 from monitor.training.options import TrainOptions
 
 COMMON = {"channels", "scale", "batch_size", "epochs", "patience"}
@@ -203,6 +212,23 @@ def test_large_data_sets_keep_batch_32() -> None:
     assert choice.settings["epochs"] >= 20
 
 
+@pytest.mark.parametrize("n", [5_000, 50_000])
+def test_a_large_folder_trains_each_epoch_on_a_fresh_subset_within_the_budget(n: int) -> None:
+    choice = choose_settings([np.zeros((64, 64), np.uint8)] * n)
+    per_epoch = choice.settings["samples_per_epoch"]
+    assert per_epoch < n * 0.8 and choice.settings["epochs"] == MIN_EPOCHS
+    assert per_epoch * choice.settings["epochs"] <= BUDGET_SAMPLES  # the cost does not grow with the folder
+    assert math.ceil(per_epoch / choice.settings["batch_size"]) >= MIN_STEPS
+    assert "fresh random subset" in choice.reasons["samples_per_epoch"]
+    TrainOptions(**choice.settings)
+
+
+def test_a_folder_within_the_budget_trains_on_all_of_it_every_epoch() -> None:
+    choice = choose_settings([np.zeros((64, 64), np.uint8)] * 600)
+    assert "samples_per_epoch" not in choice.settings
+    assert choice.figures["samples_per_epoch"] == 480
+
+
 def test_explicit_options_win_and_the_resolution_is_one_decision() -> None:
     tiled = choose_settings(_crops(data.brick(), 20, 256))
     kept = tiled.without({"size", "channels"})  # whole images at an explicit size: no chosen tiling
@@ -243,7 +269,9 @@ def test_any_size_keeps_the_defect_visible_and_fits_the_model(h: int, w: int, n:
     else:
         assert max(h, w) <= 128 and side[0] >= h and side[1] >= w  # whole, never shrunk
     assert 4 <= s["batch_size"] <= 32 and 20 <= s["epochs"] <= 100 and 5 <= s["patience"] <= 15
-    samples = choice.figures["train_samples"]
+    samples = choice.figures["samples_per_epoch"]
     assert math.ceil(samples / s["batch_size"]) >= min(MIN_STEPS, samples / 4)
+    unit = side[0] * side[1] / 64 ** 2  # the budget counts 64x64-sized samples
+    assert samples * s["epochs"] * unit <= BUDGET_SAMPLES * (1 + 1e-9)  # however many images, of whatever size
     for architecture in ("seed", "conv"):  # valid options, the input divisible by both models' strides
         TrainOptions(**s, architecture=architecture)

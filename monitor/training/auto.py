@@ -28,7 +28,9 @@ Policy:
 - **epochs / patience**: a fixed budget of training samples (``BUDGET_SAMPLES`` 64x64-sized crops, about four
   minutes on the 2-core CPU, half of the ten-minute target: the rest is for choosing the architecture and
   score and for calibration): ``epochs = clamp(budget / n_train, 20, 100)``, patience ``clamp(epochs // 6,
-  5, 15)``.
+  5, 15)``. A folder too large for even 20 epochs within the budget (more than about 1,250 64x64 images)
+  trains each epoch on a fresh random subset of ``budget / 20`` inputs (``samples_per_epoch``): the cost is
+  the budget's whatever the folder's size, and every image is still drawn over the run.
 
 Settings are TrainOptions field names; ``Choice.without(explicit)`` drops what explicit options decide.
 """
@@ -232,6 +234,19 @@ def choose_settings(images: Sequence[np.ndarray], defect_px: int = 4, validation
         what = "training crops"
     n_samples = n_train * per_image
     figures.update(train_samples=float(n_samples), crops_per_image=float(per_image))
+    over_budget = n_samples * MIN_EPOCHS > budget
+    if over_budget:
+        # More data than even the minimum of epochs allows: each epoch trains on a fresh random subset, so the
+        # cost stays the budget's and every input is still drawn over the run (a large folder, not a cost).
+        per_epoch = int(max(MIN_STEPS * MIN_BATCH, budget // MIN_EPOCHS))
+        if per_epoch < n_samples:
+            settings["samples_per_epoch"] = per_epoch
+            reasons["samples_per_epoch"] = (
+                f"{per_epoch} of the {n_samples} {what} per epoch, a fresh random subset each epoch: "
+                f"{MIN_EPOCHS} epochs over all of them would be {n_samples * MIN_EPOCHS / budget:.1f}x the "
+                f"training budget of {budget_samples:.0f} {TILE}x{TILE}-sized samples")
+            n_samples = per_epoch
+    figures["samples_per_epoch"] = float(n_samples)
 
     # Epochs from a fixed budget of samples (64x64-equivalent), within MIN_EPOCHS..MAX_EPOCHS.
     epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, budget // n_samples)))
@@ -244,7 +259,7 @@ def choose_settings(images: Sequence[np.ndarray], defect_px: int = 4, validation
     reasons["epochs"] = (f"up to {epochs} epochs: a budget of {budget_samples:.0f} {TILE}x{TILE}-sized samples "
                          f"(about 4-7 min on 2 CPU cores) over {n_samples} {what} per epoch, within "
                          f"{MIN_EPOCHS}..{MAX_EPOCHS}; early stopping usually ends sooner")
-    if n_samples * MIN_EPOCHS > budget:
+    if over_budget:
         reasons["epochs"] += f" (more data than the budget: the minimum, {MIN_EPOCHS})"
     reasons["patience"] = (f"stop after {patience} epochs without a better validation loss "
                            f"(epochs // 6 within {MIN_PATIENCE}..{MAX_PATIENCE})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "tile": ("--tile", "tiled scoring: tile size HxW, the model input (default 64x64)"),
     "stride": ("--stride", "tiled scoring: pixels between tiles HxW (default half a tile)"),
     "crops": ("--crops", "tiled training: random tile crops per training image per epoch (default 8)"),
+    "samples_per_epoch": ("--samples-per-epoch", "train each epoch on a fresh random subset of this many "
+                          "images (or tile crops); default all, fewer when a large folder exceeds the budget"),
 }
 _SWITCHES = {"flip"}
 
@@ -187,7 +190,7 @@ def _load(bundle_dir: str) -> Any:
 def _score(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from monitor.images import read_image
+    from monitor.images import UnreadableImage, load_image
     from monitor.model.bundle import BundleError
     from monitor.model.scorer import BatchScorer
 
@@ -204,9 +207,10 @@ def _score(args: argparse.Namespace) -> int:
     for start in range(0, len(paths), args.batch):
         chunk, images = [], []
         for p in paths[start:start + args.batch]:
-            image = read_image(p)
-            if image is None:
-                print(f"error: {p}: not a readable image", file=sys.stderr)
+            try:
+                image = load_image(p)
+            except UnreadableImage as exc:
+                print(f"error: {p}: not a readable image ({exc})", file=sys.stderr)
                 bad += 1
                 continue
             chunk.append(p)
@@ -216,6 +220,10 @@ def _score(args: argparse.Namespace) -> int:
         # BatchScorer.score, as the daemon; a tiled bundle's large images a few per call (bounded memory).
         scores = np.concatenate([scorer.score(images[part]).scores for part in scorer.call_groups(images)])
         for p, s in zip(chunk, scores, strict=True):
+            if not math.isfinite(s):  # no threshold flags NaN: an error, never a "normal"
+                print(f"error: {p}: the model gave no finite score ({s})", file=sys.stderr)
+                bad += 1
+                continue
             anomaly = bool(s > threshold)
             if args.json:
                 print(json.dumps({"path": str(p), "score": float(s), "threshold": threshold,

@@ -13,7 +13,7 @@ import numpy as np
 
 from monitor.evidence import render_evidence
 from monitor.files import FolderNotWritable, check_writable_folder
-from monitor.images import list_images, read_image
+from monitor.images import UnreadableImage, list_images, load_image
 from monitor.model.bundle import Bundle
 from monitor.model.scorer import BatchScorer
 from monitor.training.quality import (
@@ -81,10 +81,11 @@ def _read_folder(folder: Path, what: str) -> tuple[list[Path], list[np.ndarray],
         raise EvaluationError(f"{folder}: no image files in the {what} folder")
     ok, images, bad = [], [], []
     for p in paths:
-        image = read_image(p)
-        if image is None:
+        try:
+            image = load_image(p)
+        except UnreadableImage as exc:
             bad.append(str(p))
-            log.warning("evaluate_file_unreadable path=%s", p)
+            log.warning("evaluate_file_unreadable path=%s reason=%s", p, exc)
         else:
             ok.append(p)
             images.append(image)

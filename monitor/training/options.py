@@ -120,6 +120,9 @@ class TrainOptions(StrictModel):
     tile: tuple[int, int] = (64, 64)  # height, width: the model input when tiling
     stride: tuple[int, int] | None = None  # between tiles when scoring; None: half a tile
     crops: int = 8  # random tile crops per training image per epoch (fixed crops per validation image)
+    # Training inputs (images, or tile crops when tiling) per epoch, a fresh random subset every epoch; None: all.
+    # Keeps a large folder within the training budget without dropping any of it (auto.py sets it then).
+    samples_per_epoch: int | None = None
 
     @field_validator("size", "tile", mode="before")
     @classmethod
@@ -160,6 +163,13 @@ class TrainOptions(StrictModel):
     def _filters_positive(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
         if value is not None and min(value) <= 0:
             raise ValueError("filters must be positive numbers")
+        return value
+
+    @field_validator("samples_per_epoch")
+    @classmethod
+    def _samples_positive(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError("samples_per_epoch must be positive")
         return value
 
     @field_validator("latent", "code_channels", "epochs", "crops", "batch_size", "patience", "learning_rate", "margin")

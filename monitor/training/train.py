@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitor.files import FolderNotWritable, check_writable_folder
-from monitor.images import list_images, read_image
+from monitor.images import UnreadableImage, list_images, load_image
 from monitor.model.bundle import (
     FORMAT,
     FORMAT_VERSION,
@@ -90,20 +90,22 @@ def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1,
         log.warning("training_file_labelled_defect path=%s note=excluded", p)
     paths = [p for p in paths if p not in excluded]
     images, skipped, shapes = [], [], {}
+    why: dict[Path, str] = {}
     for p in paths:
-        image = read_image(p)
-        if image is None:
+        try:
+            image = load_image(p)
+        except UnreadableImage as exc:
             skipped.append(p)
+            why[p] = str(exc)
+            log.warning("training_file_unreadable path=%s reason=%s", p, exc)
             continue
         images.append(image)
         key = "x".join(str(s) for s in image.shape)
         shapes[key] = shapes.get(key, 0) + 1
-    for p in skipped:
-        log.warning("training_file_unreadable path=%s", p)
     if skipped and len(skipped) > max_unreadable_fraction * len(paths):
         raise TrainingDataError(
             f"{data_dir}: {len(skipped)} of {len(paths)} image files are unreadable (more than "
-            f"{max_unreadable_fraction:.0%}), e.g. {', '.join(p.name for p in skipped[:3])}")
+            f"{max_unreadable_fraction:.0%}), e.g. " + "; ".join(f"{p.name}: {why[p]}" for p in skipped[:3]))
     if len(shapes) > 1:
         log.warning("training_mixed_sizes %s note=each_image_resized_to_the_model_input_or_tiled",
                     describe_shapes(shapes))
@@ -260,12 +262,16 @@ def reconstruction_loss(name: str) -> Any:
     return ssim_loss if name == "ssim" else mse_ssim_loss
 
 
-def _flip_batches(x: np.ndarray | TileCrops, batch_size: int, seed: int | None, flip: bool = True) -> Any:
+def _flip_batches(x: np.ndarray | TileCrops, batch_size: int, seed: int | None, flip: bool = True,
+                  per_epoch: int | None = None) -> Any:
     """Training batches reshuffled every epoch, a fresh random half of them mirrored left-right (`flip`).
 
-    From TileCrops, every epoch also draws new random crops.
+    From TileCrops, every epoch also draws new random crops. `per_epoch`: a fresh random subset of that many
+    inputs every epoch (None: all of them).
     """
     import keras
+
+    n = len(x) if per_epoch is None else min(per_epoch, len(x))
 
     class FlipBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -274,7 +280,7 @@ def _flip_batches(x: np.ndarray | TileCrops, batch_size: int, seed: int | None, 
             self.on_epoch_end()
 
         def __len__(self) -> int:
-            return math.ceil(len(x) / batch_size)
+            return math.ceil(n / batch_size)
 
         def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
             idx = self.order[i * batch_size:(i + 1) * batch_size]
@@ -285,7 +291,7 @@ def _flip_batches(x: np.ndarray | TileCrops, batch_size: int, seed: int | None, 
 
         def on_epoch_end(self) -> None:
             self.x = x.draw(self.rng) if isinstance(x, TileCrops) else x
-            self.order = self.rng.permutation(len(x))
+            self.order = self.rng.permutation(len(x))[:n]
             self.flip = (self.rng.random(len(x)) < 0.5) & flip
 
     return FlipBatches()
@@ -327,7 +333,10 @@ def fit_autoencoder(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options:
     h, w = options.model_size
     model = build_model(options.architecture, h, w, options.channels, options.model_filters, options.latent,
                         options.code_channels)
-    steps = max(1, math.ceil(len(train_x) / options.batch_size))
+    per_epoch = options.samples_per_epoch
+    if per_epoch is not None and per_epoch >= len(train_x):
+        per_epoch = None  # the subset would be everything: the plain path, as before
+    steps = max(1, math.ceil((per_epoch or len(train_x)) / options.batch_size))
     lr: Any = options.learning_rate
     if options.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(options.learning_rate, decay_steps=steps * options.epochs,
@@ -345,8 +354,8 @@ def fit_autoencoder(train_x: np.ndarray | TileCrops, val_x: np.ndarray, options:
     if progress is not None:
         callbacks.append(_progress_callback(options.epochs, progress))
     with without_remapper():
-        if options.flip or isinstance(train_x, TileCrops):
-            batches = _flip_batches(train_x, options.batch_size, options.seed, options.flip)
+        if options.flip or isinstance(train_x, TileCrops) or per_epoch is not None:
+            batches = _flip_batches(train_x, options.batch_size, options.seed, options.flip, per_epoch)
             hist = model.fit(batches, validation_data=(val_x, val_x), epochs=options.epochs, callbacks=callbacks,
                              verbose=0)
         else:

@@ -184,3 +184,26 @@ def test_tiffs_of_16_bit_and_float_pixels_are_scored(harness):
     frames = harness.frames(2)
     assert sorted((f.path.name, f.image.dtype.name) for f in frames) == [("f32.tif", "float32"),
                                                                        ("u16.tif", "uint16")]
+
+
+@pytest.mark.parametrize(("name", "pixels", "reason"), [
+    ("height_map.tif", np.where(np.eye(32, dtype=bool), np.nan, 0.5).astype(np.float32),
+     "32 of 1024 float pixel values are NaN or infinite"),
+    ("saturated.tif", np.full((32, 32), np.inf, np.float32), "1024 of 1024 float pixel values are NaN or infinite"),
+    ("levels.tif", np.full((32, 32), 128.0, np.float32),
+     "float pixels are read on a scale of 0..1, these span 128..128"),
+])
+def test_a_float_tiff_that_would_score_nan_or_clip_is_quarantined_with_the_reason(harness, name, pixels, reason):
+    harness.start()
+    (harness.inbox / name).write_bytes(_tiff(pixels))
+    _, text = quarantined(harness, name)
+    assert "reason: undecodable" in text and reason in text
+    (harness.inbox / "next.png").write_bytes(png(2))
+    assert [f.path.name for f in harness.frames(1)] == ["next.png"]
+
+
+def test_a_float_tiff_within_a_grey_level_of_0_to_1_is_scored(harness):
+    harness.start()
+    pixels = np.linspace(-0.002, 1.002, 32 * 32, dtype=np.float32).reshape(32, 32)  # rounding overshoot
+    (harness.inbox / "overshoot.tif").write_bytes(_tiff(pixels))
+    assert [f.path.name for f in harness.frames(1)] == ["overshoot.tif"]
