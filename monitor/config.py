@@ -44,6 +44,10 @@ class FolderSourceConfig(StrictModel):
     # time; any other file never seen closed (a TIFF on a network share) after `stable_s` of unchanged size.
     settle_ms: int = Field(default=20, ge=0, le=60_000)
     stable_s: float = Field(default=2.0, gt=0, le=3600)
+    # Look for new and changed files every poll_s seconds instead of asking the kernel (inotify): for a network
+    # share (NFS, SMB/CIFS), where files written by other machines raise no inotify event on this one. None:
+    # inotify. Each poll stats every file under the folder.
+    poll_s: float | None = Field(default=None, gt=0, le=3600)
     # An image that still does not decode this long after its last change is quarantined.
     incomplete_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
     max_file_bytes: int = Field(default=100 * 2**20, gt=0)

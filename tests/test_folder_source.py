@@ -1,5 +1,6 @@
 """Folder source: complete files only, backlog, ledger, quarantine, back-pressure."""
 
+import contextlib
 import os
 import struct
 import subprocess
@@ -77,6 +78,49 @@ def test_a_slowly_written_file_is_read_only_when_complete(harness, tmp_path):
     frames += harness.quiet_for(0.5)
     assert len(frames) == 1
     np.testing.assert_array_equal(frames[0].image, big)
+
+
+def _inotify_instances() -> int:
+    """inotify instances this process holds (one per watchdog inotify observer)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+    return count
+
+
+def test_a_polled_folder_finds_files_written_slowly_by_another_process_without_inotify(tmp_path):
+    tiff = cv2.resize(normal_image(np.random.default_rng(6), 32), (256, 256)).astype(np.uint16) * 257
+    ok, buf = cv2.imencode(".tif", tiff)  # TIFF: no end marker, so only two polls agreeing on its size tell
+    src = tmp_path / "src.tif"
+    src.write_bytes(buf.tobytes())
+    before = _inotify_instances()
+    h = Harness(tmp_path, "polled", poll_s=0.2, stable_s=0.6)  # a network share: inotify would see nothing
+    try:
+        h.start()
+        assert _inotify_instances() == before  # nothing is asked of the kernel: what is found, polling found
+        writer = subprocess.Popen([sys.executable, str(HERE / "slow_writer.py"), str(src),
+                                   str(h.inbox / "slow.tif"), "6", "0.3"])
+        staged = tmp_path / "staged.png"
+        staged.write_bytes(png(7))
+        staged.rename(h.inbox / "moved.png")
+        frames = h.frames(2, timeout=20)
+        assert writer.wait(15) == 0
+        frames += h.quiet_for(1.0)
+        assert sorted(f.path.name for f in frames) == ["moved.png", "slow.tif"]
+        np.testing.assert_array_equal(next(f for f in frames if f.path.name == "slow.tif").image, tiff)
+    finally:
+        h.stop()
+
+
+def test_an_inotify_folder_holds_an_inotify_instance(tmp_path):
+    before = _inotify_instances()  # the counterpart of the polled test: the probe does see a watch
+    h = Harness(tmp_path, "watched")
+    try:
+        h.start()
+        assert _inotify_instances() == before + 1
+    finally:
+        h.stop()
 
 
 def test_a_file_renamed_into_the_folder_is_scored(harness, tmp_path):

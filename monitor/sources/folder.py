@@ -12,6 +12,9 @@ file twice. The watched folder itself may be removed, re-created or replaced by 
 inotify watch dies with the folder it was on, so the settle loop checks the folder's identity twice a
 second, says `folder_lost`, and when a folder is there again watches it anew and scans its backlog.
 
+With `poll_s` set (a network share: files written by other machines raise no inotify event here) watchdog's
+PollingObserver takes the inotify watch's place and raises the same events from snapshots; nothing else changes.
+
 A paused source keeps watching and collecting candidates but reads none: files stay on disk untouched
 (never quarantined while paused) and are scored after `resume()`, which also rescans the folder. A source
 configured `paused: true` starts so (the supervisor pauses it before `start()`): its backlog waits too.
@@ -51,6 +54,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
 from monitor import metrics
 from monitor.batching import FrameQueue, QueueClosed
@@ -214,7 +218,11 @@ class FolderSource(PausableSource):
     def start(self) -> None:
         """Start watching, then scan the backlog (events during the scan are merged, not lost)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._observer = Observer()
+        # Polling takes snapshots (a stat of every file) and raises the same events from their differences, so
+        # everything downstream is one code path; files seen only by a poll are never known closed, so a TIFF
+        # waits for `stable_s` of unchanged size, a PNG/JPEG/BMP for its end marker.
+        self._observer = (PollingObserver(timeout=self.config.poll_s) if self.config.poll_s is not None
+                          else Observer())
         self._observer.name = f"watch-{self.name}"
         self._schedule()
         self._observer.start()
@@ -226,8 +234,8 @@ class FolderSource(PausableSource):
         self.thread.start()
         if self.sorter is not None:
             self.sorter.start()  # its first tick moves what a crash or a refused move left (ledger.due)
-        log.info("folder_source_started source=%s folder=%s backlog=%d", self.name, self.folder,
-                 len(self._pending))
+        log.info("folder_source_started source=%s folder=%s backlog=%d watch=%s", self.name, self.folder,
+                 len(self._pending), "inotify" if self.config.poll_s is None else f"poll_{self.config.poll_s:g}s")
 
     def stop(self) -> None:
         """Stop accepting new files; files already queued are still scored."""

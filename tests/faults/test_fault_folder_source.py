@@ -45,6 +45,15 @@ def skipped(h: Harness, reason: str) -> float:
     return metrics.FILES_SKIPPED.labels(h.config.name, reason)._value.get()
 
 
+@pytest.fixture(params=["inotify", "poll"])
+def watched(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """The harness watched by inotify, then by polling (`poll_s`, a network share): the same faults, both ways."""
+    options = {"poll_s": 0.2} if request.param == "poll" else {}
+    h = Harness(tmp_path, request.node.name[:60].replace("[", "_").replace("]", "_"), **options)
+    yield h
+    h.stop()
+
+
 def names(frames: list) -> list[str]:
     """Paths of frames relative to the inbox, sorted (duplicates kept: they are the failure)."""
     return sorted(f.path.as_posix() for f in frames)
@@ -52,56 +61,56 @@ def names(frames: list) -> list[str]:
 
 # --- class 3: the watched folder removed, re-created, replaced ---------------------------------
 
-def test_a_removed_and_recreated_folder_is_watched_again_and_says_lost_then_found(harness, caplog):
+def test_a_removed_and_recreated_folder_is_watched_again_and_says_lost_then_found(watched, caplog):
     caplog.set_level(logging.INFO, logger="monitor.sources.folder")
-    source = harness.start()
-    assert present(harness) == 1
-    (harness.inbox / "before.png").write_bytes(png(1))
-    assert [f.path.name for f in harness.frames(1)] == ["before.png"]
+    source = watched.start()
+    assert present(watched) == 1
+    (watched.inbox / "before.png").write_bytes(png(1))
+    assert [f.path.name for f in watched.frames(1)] == ["before.png"]
 
-    shutil.rmtree(harness.inbox)
-    assert wait_for(lambda: present(harness) == 0), "the metric never said the folder was lost"
+    shutil.rmtree(watched.inbox)
+    assert wait_for(lambda: present(watched) == 0), "the metric never said the folder was lost"
     assert "folder_lost source=" in caplog.text
 
-    harness.inbox.mkdir()
-    assert wait_for(lambda: present(harness) == 1), "the metric never said the folder was found"
+    watched.inbox.mkdir()
+    assert wait_for(lambda: present(watched) == 1), "the metric never said the folder was found"
     assert "folder_found source=" in caplog.text
     assert source.alive and not source.dead
 
 
-def test_a_file_dropped_into_a_recreated_folder_is_scored_exactly_once(harness):
-    harness.start()
-    shutil.rmtree(harness.inbox)
-    harness.inbox.mkdir()  # at once: the watch died with the old folder whatever the timing
-    (harness.inbox / "after.png").write_bytes(png(2))
-    assert [f.path.name for f in harness.frames(1)] == ["after.png"]
-    assert harness.quiet_for(1.2) == []  # neither the new watch nor the backlog scan offers it again
+def test_a_file_dropped_into_a_recreated_folder_is_scored_exactly_once(watched):
+    watched.start()
+    shutil.rmtree(watched.inbox)
+    watched.inbox.mkdir()  # at once: the watch died with the old folder whatever the timing
+    (watched.inbox / "after.png").write_bytes(png(2))
+    assert [f.path.name for f in watched.frames(1)] == ["after.png"]
+    assert watched.quiet_for(1.2) == []  # neither the new watch nor the backlog scan offers it again
 
 
-def test_a_file_dropped_after_the_folder_is_found_again_is_scored_exactly_once(harness):
-    harness.start()
-    shutil.rmtree(harness.inbox)
-    assert wait_for(lambda: present(harness) == 0)
-    harness.inbox.mkdir()
-    assert wait_for(lambda: present(harness) == 1)
-    (harness.inbox / "later.png").write_bytes(png(3))
-    assert [f.path.name for f in harness.frames(1)] == ["later.png"]
-    assert harness.quiet_for(0.8) == []
+def test_a_file_dropped_after_the_folder_is_found_again_is_scored_exactly_once(watched):
+    watched.start()
+    shutil.rmtree(watched.inbox)
+    assert wait_for(lambda: present(watched) == 0)
+    watched.inbox.mkdir()
+    assert wait_for(lambda: present(watched) == 1)
+    (watched.inbox / "later.png").write_bytes(png(3))
+    assert [f.path.name for f in watched.frames(1)] == ["later.png"]
+    assert watched.quiet_for(0.8) == []
 
 
-def test_a_folder_replaced_by_a_rename_is_watched_in_its_new_form(harness, tmp_path):
-    harness.start()
+def test_a_folder_replaced_by_a_rename_is_watched_in_its_new_form(watched, tmp_path):
+    watched.start()
     staged = tmp_path / "staged"
     staged.mkdir()
     (staged / "carried.png").write_bytes(png(4))
-    harness.inbox.rename(tmp_path / "old-inbox")
-    staged.rename(harness.inbox)  # the path now names another folder; the old watch follows the old one
-    assert [f.path.name for f in harness.frames(1)] == ["carried.png"]
-    (harness.inbox / "new.png").write_bytes(png(5))
-    assert [f.path.name for f in harness.frames(1)] == ["new.png"]
+    watched.inbox.rename(tmp_path / "old-inbox")
+    staged.rename(watched.inbox)  # the path now names another folder; the old watch follows the old one
+    assert [f.path.name for f in watched.frames(1)] == ["carried.png"]
+    (watched.inbox / "new.png").write_bytes(png(5))
+    assert [f.path.name for f in watched.frames(1)] == ["new.png"]
     (tmp_path / "old-inbox" / "stale.png").write_bytes(png(6))  # the old folder is no longer watched
-    assert harness.quiet_for(0.8) == []
-    assert present(harness) == 1
+    assert watched.quiet_for(0.8) == []
+    assert present(watched) == 1
 
 
 # --- class 4: special files -------------------------------------------------------------------
