@@ -159,16 +159,21 @@ def render_evidence(
     for panel in row:
         parts.extend([panel, gap])
     body = np.hstack(parts[:-1])
-    header = np.full((HEADER_HEIGHT, body.shape[1], 3), 32, np.uint8)
     verdict = "ANOMALY" if score > threshold else "normal"
     colour = (60, 60, 255) if score > threshold else (120, 220, 120)
     where = f"  at {region.describe()}" if region is not None else ""
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    cv2.putText(header, f"{verdict}  score {score:.6g}  threshold {threshold:.6g}{where}", (6, 18), font, 0.5,
-                colour, 1, cv2.LINE_AA)
-    cv2.putText(header, title, (6, 37), font, 0.42, (230, 230, 230), 1, cv2.LINE_AA)
     when = f"{time_label} {local_time(frame_time)}   " if frame_time is not None else ""
-    cv2.putText(header, f"{when}{legend}", (6, 56), font, 0.42, (230, 230, 230), 1, cv2.LINE_AA)
+    lines = [(f"{verdict}  score {score:.6g}  threshold {threshold:.6g}{where}", 18, 0.5, colour),
+             (title, 37, 0.42, (230, 230, 230)), (f"{when}{legend}", 56, 0.42, (230, 230, 230))]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    # A thin strip (a line-scan camera's, a narrow part) makes a narrow row: the caption, which says what was
+    # judged and where, is never cut to fit it; the row is padded to the caption's width instead.
+    text_width = max(cv2.getTextSize(text, font, size, 1)[0][0] for text, _, size, _ in lines) + 12
+    if body.shape[1] < text_width:
+        body = np.hstack([body, np.full((body.shape[0], text_width - body.shape[1], 3), 255, np.uint8)])
+    header = np.full((HEADER_HEIGHT, body.shape[1], 3), 32, np.uint8)
+    for text, y, size, ink in lines:
+        cv2.putText(header, text, (6, y), font, size, ink, 1, cv2.LINE_AA)
     return np.vstack([header, body])
 
 

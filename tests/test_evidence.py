@@ -67,6 +67,19 @@ def test_a_large_stitched_image_is_shrunk_to_panels_of_at_most_1024_pixels():
     assert image.shape[:2] == (HEADER_HEIGHT + 750, 4 * 1000 + 3 * GAP)  # 2000 px shrunk by 2
 
 
+def test_a_thin_strip_keeps_its_caption_whole_and_its_panels_in_place():
+    inp = np.full((400, 5, 1), 0.5, np.float32)  # a line-scan strip: 4 panels of 10 px would cut the caption
+    err = np.zeros((400, 5), np.float32)
+    err[200:210, 2] = 1.0
+    image = render_evidence(inp, inp, err, 12.5, 4.9, title="line1 strip_0001.png", frame_time=1.8e9)
+    header = image[:HEADER_HEIGHT]
+    assert (header[:, -4:] == 32).all()  # the text ends before the right edge: nothing cut off
+    ink = np.nonzero((header != 32).any(axis=(0, 2)))[0]
+    assert ink.max() > 150  # the caption runs on past the strip's panels
+    heat = panels(image[:, :4 * 10 + 3 * GAP])[2]  # the panels keep their place and size at the left
+    assert heat[400:420].mean() > heat[:100].mean() + 20
+
+
 def test_a_4px_defect_stays_a_hot_spot_in_a_shrunk_heat_map():
     err = np.zeros((1944, 2592), np.float32)
     err[1000:1004, 2000:2004] = 1.0  # 16 px of 5 MP; shrunk by 3, an average would dim it to a ninth or less
