@@ -204,7 +204,18 @@ class EvidenceStore:
             ok, buf = cv2.imencode(".png", image)
             if not ok:
                 raise OSError(f"could not encode evidence image {name}")
-            atomic_write(path, buf.tobytes())
+            try:
+                atomic_write(path, buf.tobytes())
+            except FileNotFoundError:
+                if self.folder.is_dir():
+                    raise
+                # The folder was removed under us (a clean-up of var/evidence): every file it held is gone, so
+                # is their count; without the folder no evidence would ever be written again until a restart.
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._files.clear()
+                self._bytes = 0
+                log.warning("evidence_folder_recreated folder=%s", self.folder)
+                atomic_write(path, buf.tobytes())
             self._files.append((path, len(buf)))
             self._bytes += len(buf)
             self._enforce()

@@ -4,6 +4,7 @@ header with the score, the time and the region; retention by count and bytes."""
 import errno
 import math
 import os
+import shutil
 import time
 
 import cv2
@@ -179,6 +180,18 @@ def test_store_applies_retention_to_files_left_by_an_earlier_run(tmp_path):
         first.save(np.zeros((8, 8, 3), np.uint8), "s", 1000.0 + i, f"old{i}")
     EvidenceStore(tmp_path, max_files=2)
     assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_a_removed_evidence_folder_is_made_again_and_its_files_no_longer_count(tmp_path):
+    store = EvidenceStore(tmp_path / "evidence", max_files=2)
+    image = np.zeros((8, 8, 3), np.uint8)
+    store.save(image, "line1", time.time(), "a")
+    store.save(image, "line1", time.time(), "b")
+    shutil.rmtree(tmp_path / "evidence")  # an operator's clean-up while the daemon runs
+    c = store.save(image, "line1", time.time(), "c")
+    d = store.save(image, "line1", time.time(), "d")
+    assert c.exists() and d.exists()  # the two gone files do not count against max_files
+    assert sorted(p.name for p in (tmp_path / "evidence").iterdir()) == sorted([c.name, d.name])
 
 
 def test_a_refused_evidence_write_leaves_no_temporary_file_and_no_retention_entry(tmp_path, monkeypatch):
