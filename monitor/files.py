@@ -227,6 +227,7 @@ class LineFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
         self._size = 0
+        self._identity = (0, 0)  # (st_dev, st_ino) of the open file
         self._cut = False  # the tail holds a line cut by a refused write that could not be truncated away
         self._open()
 
@@ -243,7 +244,15 @@ class LineFile:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise NotRegularFile(self.path, st.st_mode)
-        self._fd, self._size = fd, st.st_size
+        self._fd, self._size, self._identity = fd, st.st_size, (st.st_dev, st.st_ino)
+
+    def _still_at_path(self) -> bool:
+        """True while `path` names the open file (one stat per write: WatchedFileHandler's check)."""
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
 
     @property
     def size(self) -> int:
@@ -254,8 +263,17 @@ class LineFile:
         return self._fd is None
 
     def _ensure_open(self) -> int:
+        if self._fd is not None and not self._still_at_path():
+            # Removed or moved away by someone else (a clean-up of var/, a rotation by hand): lines written to
+            # the old file would be out of everyone's sight (the API, the review page, the next start's tail),
+            # so the path gets a file again. What was written before stays wherever the old file went.
+            log.warning("line_file_replaced path=%s action=reopen", self.path)
+            with contextlib.suppress(OSError):
+                self.close()
+            self._fd = None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._fd is None:
-            self._open()  # a reopen after rotation failed: try again now
+            self._open()  # a reopen after rotation failed, or the file went: try again now
         assert self._fd is not None
         return self._fd
 

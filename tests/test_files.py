@@ -31,6 +31,36 @@ def test_line_file_lines_are_visible_before_close_and_survive_reopen(tmp_path):
     assert (tmp_path / "sub" / "l.jsonl").read_text() == "two\n"
 
 
+def test_a_line_file_removed_with_its_folder_is_made_again_at_the_next_write(tmp_path):
+    lines = LineFile(tmp_path / "var" / "journal.jsonl")
+    lines.write("one\n")
+    shutil.rmtree(tmp_path / "var")  # a clean-up of var/ while the daemon runs
+    lines.write("two\n")
+    assert (tmp_path / "var" / "journal.jsonl").read_text() == "two\n"  # not into the unlinked file
+    assert lines.size == 4
+
+
+def test_a_line_file_moved_away_by_hand_keeps_its_lines_and_the_next_ones_go_to_the_path(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    lines = LineFile(path)
+    lines.write("one\n")
+    path.rename(tmp_path / "ledger.jsonl.old")
+    lines.write("two\n")
+    lines.write("three\n")
+    assert (tmp_path / "ledger.jsonl.old").read_text() == "one\n"
+    assert path.read_text() == "two\nthree\n"
+
+
+def test_a_line_file_replaced_by_another_file_writes_to_the_new_one(tmp_path):
+    path = tmp_path / "l.jsonl"
+    lines = LineFile(path)
+    lines.write("one\n")
+    path.unlink()
+    path.write_text("made by hand\n")
+    lines.write("two\n")
+    assert path.read_text() == "made by hand\ntwo\n"
+
+
 def test_safe_name_keeps_letters_digits_and_dot_dash_underscore():
     assert safe_name("line 1/../x:y.png") == "line_1_.._x_y.png"
 
