@@ -584,6 +584,13 @@ def check_writable(config: Config, path: str | Path, create: bool = True) -> Non
         if reason is not None:
             # The first problem only: the outputs usually share a parent, so the others repeat it.
             raise ConfigError(f"{path}: output.{key}: {reason}")
+    for i, source in enumerate(config.sources):
+        if isinstance(source, FolderSourceConfig):
+            # The source makes a missing folder at start; a file in its way was a traceback from the daemon.
+            existing = _nearest_existing(source.folder)
+            if not existing.is_dir():
+                where = "it is a file" if existing == source.folder else f"{existing} is not a folder"
+                raise ConfigError(f"{path}: sources[{i}].folder: cannot watch {source.folder}: {where}")
 
 
 def _nearest_existing(folder: Path) -> Path:

@@ -64,6 +64,19 @@ def test_a_journal_that_is_a_folder_is_refused(tmp_path: Path) -> None:
         check_writable(load_config(path), path)
 
 
+@pytest.mark.parametrize(("folder", "where"), [("file.txt", "it is a file"),
+                                               ("file.txt/inbox", "file.txt is not a folder")])
+@pytest.mark.parametrize("create", [True, False])
+def test_a_watched_folder_that_is_a_file_names_the_source_key(tmp_path: Path, blocker: Path, folder: str,
+                                                              where: str, create: bool) -> None:
+    path = tmp_path / "conf.yaml"
+    path.write_text(f"sources: [{{name: cam, camera: 0}}, {{name: a, folder: {folder}}}]\n")
+    with pytest.raises(ConfigError) as info:
+        check_writable(load_config(path), path, create=create)
+    assert str(info.value) == f"{path}: sources[1].folder: cannot watch {tmp_path / folder}: " + \
+        (where if where == "it is a file" else f"{blocker} is not a folder")
+
+
 def test_check_only_changes_nothing_and_run_creates_the_folders(tmp_path: Path) -> None:
     path = _config(tmp_path, "state", "var/state")
     config = load_config(path)
