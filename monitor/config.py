@@ -584,9 +584,17 @@ def check_writable(config: Config, path: str | Path, create: bool = True) -> Non
         if reason is not None:
             # The first problem only: the outputs usually share a parent, so the others repeat it.
             raise ConfigError(f"{path}: output.{key}: {reason}")
+    check_watched_folders(config, path)
+
+
+def check_watched_folders(config: Config, path: str | Path) -> None:
+    """ConfigError naming `sources[i].folder` when a watched folder is a file or lies under one.
+
+    The source makes a missing folder at start; a file in its way was a traceback from the daemon (at start) or
+    a source gone missing (at a reload). Changes nothing.
+    """
     for i, source in enumerate(config.sources):
         if isinstance(source, FolderSourceConfig):
-            # The source makes a missing folder at start; a file in its way was a traceback from the daemon.
             existing = _nearest_existing(source.folder)
             if not existing.is_dir():
                 where = "it is a file" if existing == source.folder else f"{existing} is not a folder"

@@ -18,7 +18,7 @@ from typing import Any
 
 from monitor import __version__, metrics, systemd
 from monitor.batching import FrameQueue
-from monitor.config import Config, ConfigError, check_inputs, load_config
+from monitor.config import Config, ConfigError, check_inputs, check_watched_folders, load_config
 from monitor.evidence import EvidenceStore, render_evidence
 from monitor.files import NotRegularFile, remove_orphan_temps
 from monitor.http.control import DaemonController
@@ -470,6 +470,7 @@ class Daemon:
         old = self.pipeline
         new_config = load_config(path)
         check_inputs(new_config, path)
+        check_watched_folders(new_config, path)
         kept = [k for k in RESTART_ONLY_KEYS if getattr(new_config, k) != getattr(old.config, k)]
         if kept:
             log.warning("reload_restart_needed keys=%s action=kept_running_values", ",".join(kept))

@@ -120,6 +120,7 @@ def test_a_broken_config_or_bundle_keeps_the_old_one_running(tmp_path, tiny_bund
     config = base_config(tiny_bundle, metrics_port=port)
     proc = DaemonProcess(tmp_path / "d", config, subprocess_env).start()
     inbox = proc.workdir / "inbox"
+    (proc.workdir / "afile").write_text("not a folder\n")
     try:
         assert metric(scrape(port), "anomaly_monitor_config_last_reload_successful") == 1
         started_at = metric(scrape(port), "anomaly_monitor_config_last_reload_success_timestamp_seconds")
@@ -128,6 +129,9 @@ def test_a_broken_config_or_bundle_keeps_the_old_one_running(tmp_path, tiny_bund
                 ("sources: [{name: line1, folder: inbox}\n", "error="),  # not YAML
                 ({**config, "model": str(broken)}, "broken/model.keras: cannot load the Keras model"),
                 ({**config, "threshold": {"window": 5}}, "threshold.window"),
+                # A watched folder that is a file: refused before line1 is taken down, so line1 goes on.
+                ({**config, "sources": [{**config["sources"][0], "folder": "afile"}]},
+                 "sources[0].folder: cannot watch"),
         )):
             if isinstance(text, str):
                 proc.config_path.write_text(text)
@@ -148,7 +152,7 @@ def test_a_broken_config_or_bundle_keeps_the_old_one_running(tmp_path, tiny_bund
         text = scrape(port)
         assert metric(text, "anomaly_monitor_config_last_reload_successful") == 1
         assert metric(text, "anomaly_monitor_config_last_reload_success_timestamp_seconds") > started_at
-        assert metric(text, "anomaly_monitor_config_reloads_total", outcome="failure") == 3
+        assert metric(text, "anomaly_monitor_config_reloads_total", outcome="failure") == 4
         assert proc.terminate() == 0
     finally:
         proc.kill()
