@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor.model.preprocess import to_model_batch, to_model_input
+from monitor.model.preprocess import to_full_range, to_model_batch, to_model_input, to_working_image, uint16_white
 
 
 def test_uint8_gray_is_scaled_to_unit_range() -> None:
@@ -88,3 +88,37 @@ def test_a_batch_mixing_ready_and_other_images_equals_them_one_by_one() -> None:
     images = [rng.integers(0, 256, (16, 20), dtype=np.uint8), rng.integers(0, 65536, (16, 20), dtype=np.uint16)]
     one_by_one = np.stack([to_model_input(im, 16, 20, 1) for im in images])
     np.testing.assert_array_equal(to_model_batch(images, 16, 20, 1), one_by_one)
+
+
+@pytest.mark.parametrize(("peak", "white"), [(200, 255), (1000, 1023), (4095, 4095), (4096, 16383),
+                                             (16383, 16383), (16384, None), (65535, None)])
+def test_the_white_level_of_16_bit_images_is_the_smallest_camera_depth_that_holds_them(peak: int,
+                                                                                        white: int | None) -> None:
+    images = [np.full((4, 4), 7, np.uint16), np.full((4, 4), peak, np.uint16), np.full((4, 4), 250, np.uint8)]
+    assert uint16_white(images) == white
+
+
+def test_8_bit_images_have_no_16_bit_white_level() -> None:
+    assert uint16_white([np.full((4, 4), 255, np.uint8)]) is None
+
+
+def test_a_12_bit_image_read_against_its_white_level_looks_as_its_8_bit_version() -> None:
+    rng = np.random.default_rng(0)
+    eight = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    # The same scene from a 12-bit camera (rounded to its levels: at most half of one, 1/8190, apart)
+    twelve = np.rint(eight.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    for channels in (1, 3):
+        np.testing.assert_allclose(to_model_input(twelve, 16, 16, channels, white=4095),
+                                   to_model_input(eight, 16, 16, channels), atol=0.5 / 4095)
+    np.testing.assert_allclose(to_model_batch([twelve], 20, 30, 3, white=4095),
+                               to_model_batch([eight], 20, 30, 3), atol=0.5 / 4095)
+    np.testing.assert_allclose(to_working_image(twelve, 0.5, 1, white=4095), to_working_image(eight, 0.5, 1),
+                               atol=0.5 / 4095)
+
+
+def test_a_pixel_above_the_white_level_reads_as_white_and_a_stretched_copy_reads_the_same() -> None:
+    raw = np.array([[0, 1000, 4095, 5000]], np.uint16)
+    x = to_model_input(raw, 1, 4, 1, white=4095)[0, :, 0]
+    np.testing.assert_allclose(x, [0.0, 1000 / 4095, 1.0, 1.0], rtol=1e-6)
+    stretched = to_model_input(to_full_range(raw, 4095), 1, 4, 1)[0, :, 0]  # what training sees
+    np.testing.assert_allclose(stretched, x, atol=1 / 65535)

@@ -195,6 +195,46 @@ def test_a_folder_of_float_images_on_another_scale_is_refused_with_the_reason(tm
         train_bundle(data, tmp_path / "m", TrainOptions(**FAST))
 
 
+def _colour_part(rng: np.random.Generator) -> np.ndarray:
+    part = cv2.cvtColor(normal_image(rng, 16), cv2.COLOR_GRAY2BGR).astype(np.int16)
+    part[..., 2] = np.clip(part[..., 2] + 60, 0, 255)  # a reddish part: its colour is what a stain changes
+    return part.astype(np.uint8)
+
+
+def test_a_12_bit_camera_s_colour_parts_train_in_colour_and_the_bundle_reads_raw_files_as_in_training(
+        tmp_path) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(8)
+    data = tmp_path / "mono12"
+    data.mkdir()
+    for i in range(30):  # Mono12/RGB12 in 16-bit PNGs: no pixel above 4095, a sixteenth of the 16-bit scale
+        twelve = (_colour_part(rng).astype(np.uint16) << 4) | rng.integers(0, 16, (16, 16, 3), dtype=np.uint16)
+        cv2.imwrite(str(data / f"{i:02d}.png"), twelve)
+    # Channels and size chosen from the data (the colour test is the one a sixteenth of the scale fooled).
+    options = TrainOptions(**{k: v for k, v in FAST.items() if k not in ("size", "channels", "auto")},
+                           score="mse")
+    bundle = train_bundle(data, tmp_path / "m", options)
+    assert bundle.channels == 3, "12-bit colour parts were taken for gray"
+    assert bundle.meta["input"]["uint16_white"] == 4095
+    loaded = load_bundle(tmp_path / "m")
+    assert loaded.uint16_white == 4095
+    from monitor.training.info import format_info
+
+    assert "16-bit images read as 12-bit: 4095 is white" in format_info(loaded)
+    # Calibration scored stretched copies in training; the daemon scores the raw files against the level.
+    from monitor.images import read_image
+    from monitor.model.scorer import BatchScorer
+
+    raw = [read_image(p) for p in sorted(data.iterdir())]
+    scores = BatchScorer(loaded).score(raw).scores
+    calibration = np.asarray(loaded.meta["calibration"]["scores"])
+    nearest = np.abs(calibration[:, None] - scores[None, :]).min(axis=1)
+    assert np.all(nearest <= 1e-4 * np.abs(calibration) + 1e-7)
+
+
+def test_8_bit_images_record_no_16_bit_white_level(tiny_bundle: Path) -> None:
+    assert "uint16_white" not in load_bundle(tiny_bundle).meta["input"]
+
+
 def test_a_bundle_kept_inside_the_data_folder_is_not_training_data(small_dir, tmp_path) -> None:  # noqa: ANN001
     data = tmp_path / "good"
     shutil.copytree(small_dir, data)

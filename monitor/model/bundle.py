@@ -68,6 +68,8 @@ class InputMeta(_Section):
     height: PositiveInt
     width: PositiveInt
     channels: PositiveInt
+    # 16-bit images are read on 0..uint16_white (a 12-bit camera's 4095), brighter pixels as white; absent: 65535.
+    uint16_white: int | None = Field(default=None, strict=True, ge=255, le=65535)
 
     @field_validator("channels")
     @classmethod
@@ -295,6 +297,11 @@ class Bundle:
     @property
     def channels(self) -> int:
         return self.sidecar.input.channels
+
+    @property
+    def uint16_white(self) -> int | None:
+        """The white level 16-bit images are read against (None: 65535)."""
+        return self.sidecar.input.uint16_white
 
     @property
     def tiling(self) -> TilingMeta | None:

@@ -13,16 +13,39 @@ from monitor.model.tiling import working_size
 
 PREPROCESSING = {
     "resize": "cv2.INTER_AREA",
-    "scale": "uint8 / 255, uint16 / 65535, float clipped to [0, 1]",
+    "scale": "uint8 / 255, uint16 / 65535 (or / input.uint16_white, clipped), float clipped to [0, 1]",
     "color_order": "BGR (OpenCV decode order)",
     "gray": "cv2.COLOR_BGR2GRAY",
 }
 
 
-def _to_unit_float(image: np.ndarray) -> np.ndarray:
+# The white levels of cameras that store fewer bits in a 16-bit file (8, 10, 12, 14 bits: Mono10/12/14 in a
+# 16-bit PNG or TIFF, their pixels never above 2^bits - 1). Read on 0..65535 such images are a sixteenth as
+# bright as the same parts in 8 bits, and every fixed amount in the monitor (synthetic defects, the health
+# check's sensor noise, the colour test, the evidence's grey levels) would be sixteen times too large for them.
+UINT16_WHITE_LEVELS: tuple[int, ...] = (255, 1023, 4095, 16383)
+
+
+def uint16_white(images: list[np.ndarray]) -> int | None:
+    """The white level of the 16-bit images among `images`: the smallest of UINT16_WHITE_LEVELS that holds
+    every pixel (a 12-bit camera: 4095), None when they use all 16 bits or there are none."""
+    peaks = [int(im.max()) for im in images if im.dtype == np.uint16 and im.size]
+    if not peaks:
+        return None
+    return next((level for level in UINT16_WHITE_LEVELS if max(peaks) <= level), None)
+
+
+def to_full_range(image: np.ndarray, white: int) -> np.ndarray:
+    """A 16-bit image of white level `white` stretched to 0..65535 (what `white` does in preprocessing)."""
+    return np.rint(np.minimum(image, white) * (65535.0 / white)).astype(np.uint16)
+
+
+def _to_unit_float(image: np.ndarray, white: int | None = None) -> np.ndarray:
     if image.dtype == np.uint8:
         return image.astype(np.float32) / np.float32(255.0)
     if image.dtype == np.uint16:
+        if white is not None:  # fewer bits in a 16-bit file: read on their own scale; brighter reads as white
+            return np.minimum(image.astype(np.float32) / np.float32(white), np.float32(1.0))
         return image.astype(np.float32) / np.float32(65535.0)
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image.astype(np.float32), 0.0, 1.0)
@@ -41,14 +64,18 @@ def _convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if channels == 1 else image
 
 
-def to_model_input(image: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
-    """A decoded image (uint8/uint16; gray, BGR or BGRA) as float32 HxWxC in [0, 1] (INTER_AREA resize)."""
+def to_model_input(image: np.ndarray, height: int, width: int, channels: int,
+                   white: int | None = None) -> np.ndarray:
+    """A decoded image (uint8/uint16; gray, BGR or BGRA) as float32 HxWxC in [0, 1] (INTER_AREA resize).
+
+    `white`: the white level of 16-bit images (a bundle's `input.uint16_white`); None: 65535.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     image = np.asarray(image)
     if image.size == 0 or image.ndim < 2:
         raise ValueError(f"empty or malformed image of shape {image.shape}")
-    x = _convert_channels(_to_unit_float(image), channels)
+    x = _convert_channels(_to_unit_float(image, white), channels)
     if x.shape[0] != height or x.shape[1] != width:
         x = cv2.resize(x, (width, height), interpolation=cv2.INTER_AREA)
     if x.ndim == 2:
@@ -56,7 +83,7 @@ def to_model_input(image: np.ndarray, height: int, width: int, channels: int) ->
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def to_working_image(image: np.ndarray, scale: float, channels: int) -> np.ndarray:
+def to_working_image(image: np.ndarray, scale: float, channels: int, white: int | None = None) -> np.ndarray:
     """A decoded image as float32 HxWxC in [0, 1] at working resolution: each side x `scale` (INTER_AREA).
 
     The same conversion as `to_model_input` (unit range, then channels, then resize), only to a size set
@@ -67,7 +94,7 @@ def to_working_image(image: np.ndarray, scale: float, channels: int) -> np.ndarr
     image = np.asarray(image)
     if image.size == 0 or image.ndim < 2:
         raise ValueError(f"empty or malformed image of shape {image.shape}")
-    x = _convert_channels(_to_unit_float(image), channels)
+    x = _convert_channels(_to_unit_float(image, white), channels)
     h, w = working_size(x.shape[0], x.shape[1], scale)
     if (h, w) != x.shape[:2]:
         x = cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA)
@@ -85,7 +112,8 @@ def _ready_shape(image: np.ndarray, height: int, width: int, channels: int) -> b
     return image.ndim == 3 and image.shape[2] == 3
 
 
-def to_model_batch(images: list[np.ndarray], height: int, width: int, channels: int) -> np.ndarray:
+def to_model_batch(images: list[np.ndarray], height: int, width: int, channels: int,
+                   white: int | None = None) -> np.ndarray:
     """Several decoded images as one float32 NxHxWxC batch.
 
     A line's images usually come at the model's size and layout already: those are scaled in one vectorised
@@ -96,4 +124,4 @@ def to_model_batch(images: list[np.ndarray], height: int, width: int, channels: 
     if all(_ready_shape(im, height, width, channels) for im in images):
         batch = np.stack(images).reshape(len(images), height, width, channels)
         return batch.astype(np.float32) / np.float32(255.0)
-    return np.stack([to_model_input(im, height, width, channels) for im in images])
+    return np.stack([to_model_input(im, height, width, channels, white) for im in images])

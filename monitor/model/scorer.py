@@ -259,14 +259,14 @@ class BatchScorer:
         b = self.bundle
         if b.tiling is not None:
             return self._score_tiled(list(images))
-        return self.score_inputs(to_model_batch(list(images), b.height, b.width, b.channels))
+        return self.score_inputs(to_model_batch(list(images), b.height, b.width, b.channels, b.uint16_white))
 
     def _score_tiled(self, images: list[np.ndarray]) -> ScoredBatch:
         """Tiles of every image through shared fixed-shape batches, then stitched back per image."""
         b = self.bundle
         assert b.tiling is not None
         th, tw = b.height, b.width
-        works = [to_working_image(im, b.tiling.scale, b.channels) for im in images]
+        works = [to_working_image(im, b.tiling.scale, b.channels, b.uint16_white) for im in images]
         grids = [tile_grid(w.shape[0], w.shape[1], (th, tw), b.tile_stride) for w in works]
         canvases = [TileCanvas(g, b.channels) for g in grids]
         batch = np.empty((self.max_batch, th, tw, b.channels), np.float32)

@@ -59,7 +59,9 @@ def format_info(bundle: Bundle) -> str:
     lines = [
         f"bundle      {bundle.path}",
         f"input       {bundle.height}x{bundle.width}x{bundle.channels} "
-        f"({m.get('input', {}).get('color_order', '?')}, float32 in [0, 1])",
+        f"({m.get('input', {}).get('color_order', '?')}, float32 in [0, 1])"
+        + (f", 16-bit images read as {bundle.uint16_white.bit_length()}-bit: {bundle.uint16_white} is white"
+           if bundle.uint16_white else ""),
         f"preprocess  {', '.join(f'{k}={v}' for k, v in (m.get('preprocessing') or {}).items())}",
         f"tiling      {_tiling(bundle)}",
         f"score       {bundle.score_name} {bundle.score_params or ''}".rstrip() + _density(bundle),

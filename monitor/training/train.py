@@ -27,7 +27,7 @@ from monitor.model.bundle import (
     library_versions,
     save_bundle,
 )
-from monitor.model.preprocess import PREPROCESSING, to_model_input, to_working_image
+from monitor.model.preprocess import PREPROCESSING, to_full_range, to_model_input, to_working_image, uint16_white
 from monitor.model.tiling import pad, random_positions, tile_grid
 from monitor.training.health import batchnorm_recalibration, check_model, recalibrate_batchnorm
 from monitor.training.options import LOSSES, TrainOptions
@@ -620,6 +620,26 @@ def _with_false_alarms(train_x: np.ndarray, extra: FeedbackImages, options: Trai
     return np.concatenate([train_x, np.repeat(fa, extra.repeats, axis=0)])
 
 
+def _read_as_full_range(data: TrainingData, progress: ProgressFn | None) -> int | None:
+    """Stretch 16-bit images that use fewer bits (a 12-bit camera's) to 0..65535 in place; their white level.
+
+    Everything in training (the colour test, the synthetic defects, the health check, the calibration) then
+    sees them as it sees 8-bit images of the same parts; the bundle records the level, and the scorer reads
+    raw files against it, so the daemon's scores are those of calibration (to within a rounding of 1/65535).
+    """
+    white = uint16_white(data.images)
+    if white is None:
+        return None
+    data.images = [to_full_range(im, white) if im.dtype == np.uint16 else im for im in data.images]
+    bits = int(white).bit_length()
+    data.summary["uint16_white"] = white
+    log.info("training_uint16_white white=%d bits=%d", white, bits)
+    if progress:
+        progress(f"16-bit images use {bits} of 16 bits (no pixel above {white}): read as {bits}-bit, {white} is "
+                 "white (a brighter pixel in production reads as white)")
+    return white
+
+
 def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = None,
                  progress: ProgressFn | None = None, feedback: Feedback | None = None) -> Bundle:
     """Train on a folder of normal images and save a calibrated bundle (with report/) in out_dir.
@@ -652,11 +672,14 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
 
         exclude = Fingerprints(v.image for v in feedback.defects if v.image is not None)
     data = load_training_images(Path(data_dir), options.max_unreadable_fraction, exclude)
+    white = _read_as_full_range(data, progress)
     options, auto_record = _auto_options(options, explicit, data.images, len(_candidates(options, explicit)),
                                          progress)
     rng = np.random.default_rng(options.seed)
     train_idx, val_idx = split_validation(len(data.images), options.validation_split, rng)
     extra = _feedback_images(feedback, len(train_idx), data, progress)
+    if extra is not None and white is not None:
+        extra.images = [to_full_range(im, white) if im.dtype == np.uint16 else im for im in extra.images]
     if options.tiling:
         train_x, val_x, calibration = _tiled_sets(data.images, train_idx, val_idx, options, rng, progress, extra)
     else:
@@ -683,6 +706,9 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
     else:
         options, bundle, history = results[0]
     bundle.meta["training"].update({k: v for k, v in (("auto", auto_record), ("selection", selection)) if v})
+    if white is not None:
+        # Only now: training scored the stretched copies; the daemon stretches raw files by this level instead.
+        bundle.meta["input"] = {**bundle.meta["input"], "uint16_white": white}
     try:
         saved = save_bundle(out_dir, bundle.model, bundle.meta, density=bundle.density)
     except OSError as exc:  # the folder was checked at the start: a disk filled or a folder removed meanwhile
