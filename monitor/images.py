@@ -12,9 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-# Formats whose bytes say where the image ends (see image_is_complete).
-SELF_DELIMITED = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
+                                     ".pnm")
+# Formats whose bytes say where the image ends (see image_is_complete). A PGM/PPM says it by its size when it is
+# binary (P4-P6, what cameras and tools write); an ASCII one is left to the decoder, as a TIFF is.
+SELF_DELIMITED = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".pgm", ".ppm", ".pnm"})
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -75,7 +77,44 @@ def image_is_complete(data: bytes) -> bool:
         return data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"
     if data.startswith(b"BM") and len(data) >= 6:
         return len(data) >= int.from_bytes(data[2:6], "little")
-    return True  # TIFF and others: only a successful decode tells
+    if data.startswith(b"RIFF") and len(data) >= 8:  # WebP: the RIFF size counts every byte after it
+        return len(data) >= 8 + int.from_bytes(data[4:8], "little")
+    pnm = _pnm_fields(data)
+    if pnm is not None and pnm[0] in b"456":
+        kind, width, height, maxval, start = pnm
+        row = (width + 7) // 8 if kind == ord("4") else width * (3 if kind == ord("6") else 1) * (
+            2 if maxval > 255 else 1)
+        return len(data) >= start + row * height
+    return True  # TIFF, ASCII PNM and others: only a successful decode tells
+
+
+def _pnm_fields(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(kind digit as a byte value, width, height, maxval, offset of the pixels) of a PNM header, or None."""
+    if len(data) < 3 or data[0:1] != b"P" or data[1] not in b"123456":
+        return None
+    kind = data[1]
+    wanted = 2 if kind in b"14" else 3
+    values: list[int] = []
+    pos, end = 2, min(len(data), 1024)  # a header is a few dozen bytes; comments may make it longer
+    while len(values) < wanted:
+        while pos < end and (data[pos] in b" \t\r\n" or data[pos] == ord("#")):
+            if data[pos] == ord("#"):
+                while pos < end and data[pos] not in b"\r\n":
+                    pos += 1
+            else:
+                pos += 1
+        start = pos
+        while pos < end and data[pos:pos + 1].isdigit():
+            pos += 1
+        if pos == start or pos >= end:
+            return None
+        values.append(int(data[start:pos]))
+    if kind in b"14":
+        values.append(1)
+    width, height, maxval = values
+    if width <= 0 or height <= 0 or not 0 < maxval < 65536:
+        return None
+    return kind, width, height, maxval, pos + 1  # one whitespace byte ends the header
 
 
 def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
@@ -188,6 +227,39 @@ def _tiff_header(data: bytes) -> tuple[int, int, int, int] | None:
     return tags[256], tags[257], max(samples, 1), max(1, (bits + 7) // 8)
 
 
+def _webp_header(data: bytes) -> tuple[int, int, int, int] | None:
+    # RIFF, size, WEBP, then the first chunk: VP8X (extended), VP8L (lossless) or "VP8 " (lossy).
+    if len(data) < 30 or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        alpha = bool(data[20] & 0x10)
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+    elif chunk == b"VP8L":
+        if data[20] != 0x2F:
+            return None
+        bits = int.from_bytes(data[21:25], "little")
+        width, height, alpha = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool(bits >> 28 & 1)
+    elif chunk == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            return None
+        width = int.from_bytes(data[26:28], "little") & 0x3FFF
+        height = int.from_bytes(data[28:30], "little") & 0x3FFF
+        alpha = False
+    else:
+        return None
+    return width, height, 4 if alpha else 3, 1  # OpenCV gives BGR, or BGRA when there is alpha
+
+
+def _pnm_header(data: bytes) -> tuple[int, int, int, int] | None:
+    fields = _pnm_fields(data)
+    if fields is None:
+        return None
+    kind, width, height, maxval, _ = fields
+    return width, height, 3 if kind in b"36" else 1, 2 if maxval > 255 else 1
+
+
 def image_header(data: bytes) -> tuple[int, int, int, int] | None:
     """(width, height, channels, bytes per sample) of the decoded image, read from the header alone.
 
@@ -204,7 +276,11 @@ def image_header(data: bytes) -> tuple[int, int, int, int] | None:
             return _bmp_header(data)
         if data[:4] in (b"II*\x00", b"MM\x00*"):
             return _tiff_header(data)
-    except (struct.error, IndexError):
+        if data.startswith(b"RIFF"):
+            return _webp_header(data)
+        if data.startswith(b"P"):
+            return _pnm_header(data)
+    except (struct.error, IndexError, ValueError):
         return None
     return None
 

@@ -80,6 +80,25 @@ def test_a_slowly_written_file_is_read_only_when_complete(harness, tmp_path):
     np.testing.assert_array_equal(frames[0].image, big)
 
 
+@pytest.mark.parametrize("ext", [".webp", ".pgm", ".ppm"])
+def test_webp_and_pnm_files_written_slowly_are_read_whole(harness, tmp_path, ext):
+    part = cv2.resize(normal_image(np.random.default_rng(9), 32), (128, 128))
+    if ext == ".ppm":
+        part = cv2.cvtColor(part, cv2.COLOR_GRAY2BGR)
+    ok, buf = cv2.imencode(ext, part)  # WebP: lossless by default, so the pixels come back exactly
+    src = tmp_path / f"src{ext}"
+    src.write_bytes(buf.tobytes())
+    harness.start()
+    writer = subprocess.Popen([sys.executable, str(HERE / "slow_writer.py"), str(src),
+                               str(harness.inbox / f"slow{ext}"), "6", "0.15"])
+    frames = harness.frames(1, timeout=15)
+    assert writer.wait(15) == 0
+    frames += harness.quiet_for(0.5)
+    assert len(frames) == 1
+    decoded = frames[0].image if ext != ".webp" else cv2.cvtColor(frames[0].image, cv2.COLOR_BGR2GRAY)
+    np.testing.assert_array_equal(decoded, part)
+
+
 def _inotify_instances() -> int:
     """inotify instances this process holds (one per watchdog inotify observer)."""
     count = 0

@@ -84,7 +84,7 @@ def load_training_images(data_dir: Path, max_unreadable_fraction: float = 0.1,
         log.warning("training_bundle_folder_skipped folder=%s images=%d", bundle_dir, len(paths) - len(kept))
         paths = kept
     if not paths:
-        raise TrainingDataError(f"{data_dir}: no image files (PNG, JPEG, BMP, TIFF) in the folder")
+        raise TrainingDataError(f"{data_dir}: no image files (PNG, JPEG, BMP, TIFF, WebP, PGM/PPM) in the folder")
     excluded = [p for p in paths if p in exclude]
     for p in excluded:
         log.warning("training_file_labelled_defect path=%s note=excluded", p)

@@ -140,7 +140,8 @@ def test_the_header_of_an_encoded_image_matches_the_decoded_array(width, height,
 
 
 _SIGNATURES = [b"", b"\x89PNG\r\n\x1a\n", b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR", b"\xff\xd8", b"\xff\xd8\xff",
-               b"BM", b"II*\x00", b"MM\x00*"]
+               b"BM", b"II*\x00", b"MM\x00*", b"RIFF", b"RIFF\x00\x00\x00\x00WEBPVP8L", b"RIFF\x00\x00\x00\x00WEBPVP8X",
+               b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"P5", b"P6\n", b"P4 "]
 
 
 @_SETTINGS
@@ -151,7 +152,7 @@ def test_the_header_reader_never_raises_on_any_bytes(prefix, rest):
 
 
 @_SETTINGS
-@given(ext=st.sampled_from([".png", ".jpg", ".bmp", ".tiff"]), cut=st.integers(0, 400))
+@given(ext=st.sampled_from([".png", ".jpg", ".bmp", ".tiff", ".webp", ".ppm"]), cut=st.integers(0, 400))
 def test_the_header_reader_never_raises_on_a_truncated_image(ext, cut):
     ok, buf = cv2.imencode(ext, np.full((20, 30, 3), 77, np.uint8))
     assert ok
@@ -207,3 +208,30 @@ def test_a_float_tiff_within_a_grey_level_of_0_to_1_is_scored(harness):
     pixels = np.linspace(-0.002, 1.002, 32 * 32, dtype=np.float32).reshape(32, 32)  # rounding overshoot
     (harness.inbox / "overshoot.tif").write_bytes(_tiff(pixels))
     assert [f.path.name for f in harness.frames(1)] == ["overshoot.tif"]
+
+
+@pytest.mark.parametrize(("ext", "image"), [
+    (".webp", np.full((40, 30, 3), 90, np.uint8)),  # lossless (VP8L)
+    (".pgm", np.full((40, 30), 90, np.uint8)),
+    (".pgm", np.full((40, 30), 9000, np.uint16)),
+    (".ppm", np.full((40, 30, 3), 90, np.uint8)),
+])
+def test_the_header_of_webp_and_pnm_images_gives_the_decoded_size_and_their_end(ext, image):
+    ok, buf = cv2.imencode(ext, image)
+    data = buf.tobytes()
+    decoded = decode_image(data)
+    channels = 1 if decoded.ndim == 2 else decoded.shape[2]
+    assert image_header(data) == (30, 40, channels, decoded.dtype.itemsize)
+    assert images.image_is_complete(data) and not images.image_is_complete(data[:-1])
+
+
+def test_a_lossy_webp_header_is_read_too():
+    ok, buf = cv2.imencode(".webp", np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8),
+                           [cv2.IMWRITE_WEBP_QUALITY, 80])
+    assert buf.tobytes()[12:16] == b"VP8 " and image_header(buf.tobytes()) == (70, 50, 3, 1)
+
+
+def test_a_pgm_claiming_a_huge_image_is_refused_before_decoding():
+    header = b"P5\n# from a line camera\n100000 100000\n65535\n"
+    with pytest.raises(ImageTooLarge):
+        decode_image(header + bytes(64))
