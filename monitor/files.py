@@ -269,8 +269,7 @@ class LineFile:
             # so the path gets a file again. What was written before stays wherever the old file went.
             log.warning("line_file_replaced path=%s action=reopen", self.path)
             with contextlib.suppress(OSError):
-                self.close()
-            self._fd = None
+                self.close()  # leaves no descriptor even when its sync fails
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._fd is None:
             self._open()  # a reopen after rotation failed, or the file went: try again now

@@ -82,8 +82,8 @@ def image_is_complete(data: bytes) -> bool:
     pnm = _pnm_fields(data)
     if pnm is not None and pnm[0] in b"456":
         kind, width, height, maxval, start = pnm
-        row = (width + 7) // 8 if kind == ord("4") else width * (3 if kind == ord("6") else 1) * (
-            2 if maxval > 255 else 1)
+        channels, depth = _pnm_samples(kind, maxval)
+        row = (width + 7) // 8 if kind == ord("4") else width * channels * depth  # P4: a bit per pixel
         return len(data) >= start + row * height
     return True  # TIFF, ASCII PNM and others: only a successful decode tells
 
@@ -115,6 +115,11 @@ def _pnm_fields(data: bytes) -> tuple[int, int, int, int, int] | None:
     if width <= 0 or height <= 0 or not 0 < maxval < 65536:
         return None
     return kind, width, height, maxval, pos + 1  # one whitespace byte ends the header
+
+
+def _pnm_samples(kind: int, maxval: int) -> tuple[int, int]:
+    """(channels, bytes per sample) of a PNM of `kind` (the digit's byte value): PPM is colour, the rest gray."""
+    return 3 if kind in b"36" else 1, 2 if maxval > 255 else 1
 
 
 def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
@@ -257,7 +262,7 @@ def _pnm_header(data: bytes) -> tuple[int, int, int, int] | None:
     if fields is None:
         return None
     kind, width, height, maxval, _ = fields
-    return width, height, 3 if kind in b"36" else 1, 2 if maxval > 255 else 1
+    return width, height, *_pnm_samples(kind, maxval)
 
 
 def image_header(data: bytes) -> tuple[int, int, int, int] | None:

@@ -37,6 +37,13 @@ MIN_DEFECTS = 60
 COMPARE_IMAGES = 40
 
 
+def _at_most(items: list[np.ndarray], k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`items`, or a random `k` of them in their order when there are more."""
+    if len(items) <= k:
+        return items
+    return [items[i] for i in np.sort(rng.choice(len(items), k, replace=False))]
+
+
 def _scored(bundle: Bundle, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Image scores and stitched error maps of whole decoded images, through the daemon's scorer."""
     scorer = BatchScorer(bundle, max_batch=32)
@@ -66,9 +73,7 @@ def choose_image_level(bundle: Bundle, residual_score: tuple[str, dict[str, Any]
 
     assert bundle.tiling is not None
     scale, channels = bundle.tiling.scale, bundle.channels
-    if len(normal_images) > COMPARE_IMAGES:
-        normal_images = [normal_images[i] for i in
-                         np.sort(rng.choice(len(normal_images), COMPARE_IMAGES, replace=False))]
+    normal_images = _at_most(normal_images, COMPARE_IMAGES, rng)
     # A defect of 4 original pixels, where the images allow one (a defect needs twice its size on each side):
     # a line camera's strips of 4 px stopped training here.
     min_px = max(1, min(4, min(min(im.shape[:2]) for im in normal_images) // 2))
@@ -85,8 +90,7 @@ def choose_image_level(bundle: Bundle, residual_score: tuple[str, dict[str, Any]
     _, maps_d = _scored(residual_bundle, defect_images)
     residual_norm = normaliser(np.array([m.max() for m in maps_n]))
 
-    if len(train_works) > FIT_IMAGES:
-        train_works = [train_works[i] for i in np.sort(rng.choice(len(train_works), FIT_IMAGES, replace=False))]
+    train_works = _at_most(train_works, FIT_IMAGES, rng)
     size = (int(np.median([w.shape[0] for w in train_works])), int(np.median([w.shape[1] for w in train_works])))
     features = image_features(train_works, size)
     works_n = [to_working_image(im, scale, channels) for im in normal_images]

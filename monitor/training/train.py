@@ -620,6 +620,11 @@ def _with_false_alarms(train_x: np.ndarray, extra: FeedbackImages, options: Trai
     return np.concatenate([train_x, np.repeat(fa, extra.repeats, axis=0)])
 
 
+def _stretched(images: list[np.ndarray], white: int) -> list[np.ndarray]:
+    """The 16-bit images among `images` stretched from 0..white to 0..65535; the others as they are."""
+    return [to_full_range(im, white) if im.dtype == np.uint16 else im for im in images]
+
+
 def _read_as_full_range(data: TrainingData, progress: ProgressFn | None) -> int | None:
     """Stretch 16-bit images that use fewer bits (a 12-bit camera's) to 0..65535 in place; their white level.
 
@@ -630,7 +635,7 @@ def _read_as_full_range(data: TrainingData, progress: ProgressFn | None) -> int 
     white = uint16_white(data.images)
     if white is None:
         return None
-    data.images = [to_full_range(im, white) if im.dtype == np.uint16 else im for im in data.images]
+    data.images = _stretched(data.images, white)
     bits = int(white).bit_length()
     data.summary["uint16_white"] = white
     log.info("training_uint16_white white=%d bits=%d", white, bits)
@@ -679,7 +684,7 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
     train_idx, val_idx = split_validation(len(data.images), options.validation_split, rng)
     extra = _feedback_images(feedback, len(train_idx), data, progress)
     if extra is not None and white is not None:
-        extra.images = [to_full_range(im, white) if im.dtype == np.uint16 else im for im in extra.images]
+        extra.images = _stretched(extra.images, white)
     if options.tiling:
         train_x, val_x, calibration = _tiled_sets(data.images, train_idx, val_idx, options, rng, progress, extra)
     else:
