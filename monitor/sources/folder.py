@@ -12,8 +12,10 @@ file twice. The watched folder itself may be removed, re-created or replaced by 
 inotify watch dies with the folder it was on, so the settle loop checks the folder's identity twice a
 second, says `folder_lost`, and when a folder is there again watches it anew and scans its backlog.
 
-With `poll_s` set (a network share: files written by other machines raise no inotify event here) watchdog's
-PollingObserver takes the inotify watch's place and raises the same events from snapshots; nothing else changes.
+Events come from the kernel's inotify watch, read in bulk on one thread (monitor/sources/inotify.py: watchdog's
+inotify Observer cost a busy line half its interpreter time). With `poll_s` set (a network share: files written by
+other machines raise no inotify event here) watchdog's PollingObserver takes its place and raises the same kinds
+of events from snapshots; nothing else changes.
 
 A paused source keeps watching and collecting candidates but reads none: files stay on disk untouched
 (never quarantined while paused) and are scored after `resume()`, which also rescans the folder. A source
@@ -33,7 +35,6 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,18 +43,12 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
-    FileAttribEvent,
     FileClosedEvent,
-    FileClosedNoWriteEvent,
-    FileCreatedEvent,
     FileDeletedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
-    FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from monitor import metrics
@@ -69,6 +64,7 @@ from monitor.images import (
 )
 from monitor.records import FileKey, Frame
 from monitor.sources.base import PausableSource
+from monitor.sources.inotify import CLOSED, GONE, InotifyWatch
 from monitor.sources.ledger import Ledger
 from monitor.sources.quarantine import Quarantine
 from monitor.sources.sorting import CHANGED, Done, Sorter
@@ -83,19 +79,8 @@ _IGNORED_MAX = 10_000  # paths remembered so an ignored file is logged and count
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, for ever.
 _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-# The events the source acts on; watchdog turns the list into the inotify mask, so the kernel never queues the
-# rest. Without it every file read raised IN_OPEN and IN_CLOSE_NOWRITE of our own: two of the three events per
-# file renamed in, each carried through watchdog's three threads to be thrown away, and a third of the kernel
-# queue that a burst overflows.
-# FileAttribEvent: a touch, utime or chmod of a scored file makes it a new version, as it did before the filter.
-_EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileMovedEvent,
-                 FileDeletedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
-# watchdog (7.x) learns of a kernel queue overflow (IN_Q_OVERFLOW: events were dropped) and says so only in this
-# logger's warning; its handlers are never told. The folder sources listen for that line and rescan.
-_INOTIFY_LOGGER = "watchdog.observers.inotify_c"
-_OVERFLOW_MESSAGE = "Inotify queue overflowed"
-# Rescans after an overflow, in seconds after it: watchdog logs the overflow first and rebuilds a recursive watch
-# after, so a file made in a subfolder while its watch was being put back is found by the later scan.
+# Rescans after an overflow, in seconds after it: a subfolder made while events were lost is watched again by
+# the reader after it reports the overflow, so a file made in it meanwhile is found by the later scan.
 _OVERFLOW_RESCANS_S = (0.0, 2.0)
 
 
@@ -117,14 +102,14 @@ class _Candidate:
     next_try: float = 0.0
 
 
-class _Events(FileSystemEventHandler):
+class _Polled(FileSystemEventHandler):
+    """The events of watchdog's PollingObserver (a `poll_s` source), as the source's calls."""
+
     def __init__(self, source: FolderSource) -> None:
         self._source = source
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         src = self._source
-        if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent)):
-            return  # our own reads, and readers' opens, say nothing about completeness
         if isinstance(event, (DirCreatedEvent, DirMovedEvent)):
             # A folder moved in brings files that raise no events of their own.
             src.scan(Path(os.fsdecode(getattr(event, "dest_path", "") or event.src_path)))
@@ -142,35 +127,24 @@ class _Events(FileSystemEventHandler):
             src.offer(Path(os.fsdecode(event.src_path)), closed=isinstance(event, FileClosedEvent))
 
 
-class _OverflowListener(logging.Handler):
-    """Calls `on_overflow` when watchdog logs that the kernel's inotify queue overflowed (events lost).
+class _Fed:
+    """The inotify watch's reports (monitor.sources.inotify.FolderEvents), as the source's calls."""
 
-    Each watchdog Observer reads its own inotify queue on a thread of its own, and logs an overflow from it: with
-    `reader` (the ident of that thread, when watchdog shows it) a source hears only of its own queue's overflow.
-    """
+    def __init__(self, source: FolderSource) -> None:
+        self._source = source
 
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
-        super().__init__(logging.WARNING)
-        self._on_overflow = on_overflow
-        self.reader: int | None = None
+    def files(self, changes: list[tuple[str, int]]) -> None:
+        self._source.changed(changes)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name != _INOTIFY_LOGGER or not str(record.msg).startswith(_OVERFLOW_MESSAGE):
-            return
-        if self.reader is None or record.thread == self.reader:
-            self._on_overflow()
+    def folder_appeared(self, path: str) -> None:
+        if self._source.config.recursive:  # a subfolder of a flat source holds nothing it reads
+            self._source.scan(Path(path))
 
-    def attach(self, observer: object) -> None:
-        reader = getattr(observer, "_inotify_fd", None)  # watchdog's InotifyObserver: its reading thread
-        self.reader = getattr(reader, "ident", None)
-        logger = logging.getLogger(_INOTIFY_LOGGER)
-        # Its own level, not the root's: `logging.level: ERROR` (at start or by a reload, which sets the root's
-        # level) would otherwise drop the warning before it reached this handler.
-        logger.setLevel(logging.WARNING)
-        logger.addHandler(self)
+    def overflow(self) -> None:
+        self._source.events_lost()
 
-    def detach(self) -> None:
-        logging.getLogger(_INOTIFY_LOGGER).removeHandler(self)
+    def root_gone(self) -> None:
+        self._source.folder_deleted()
 
 
 class FolderSource(PausableSource):
@@ -198,15 +172,15 @@ class FolderSource(PausableSource):
         self._skipped: OrderedDict[tuple[Path, int], None] = OrderedDict()  # (path, inode): logged once
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._observer = None
-        self._watch = None  # the watchdog ObservedWatch of the folder, None while the folder is lost
+        self._observer: PollingObserver | None = None  # poll_s: watchdog's poller; else `_inotify`
+        self._inotify: InotifyWatch | None = None
+        self._watch: object | None = None  # the folder's watch (an ObservedWatch, or True), None while it is lost
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
         self._folder_deleted = threading.Event()  # set from the observer thread on the folder's DirDeletedEvent
         self._next_folder_check = 0.0
         # Monotonic times at which the settle loop scans the folder again: resume() asks for one now, an
         # overflow for two (_OVERFLOW_RESCANS_S).
         self._rescans_due: list[float] = []
-        self._overflow = _OverflowListener(self.events_lost)
         self.thread = StoppableThread(f"folder-{self.name}", self._run)
         self.sorter: Sorter | None = None  # None: after_scoring keep
         if config.after_scoring != "keep":
@@ -221,12 +195,16 @@ class FolderSource(PausableSource):
         # Polling takes snapshots (a stat of every file) and raises the same events from their differences, so
         # everything downstream is one code path; files seen only by a poll are never known closed, so a TIFF
         # waits for `stable_s` of unchanged size, a PNG/JPEG/BMP for its end marker.
-        self._observer = (PollingObserver(timeout=self.config.poll_s) if self.config.poll_s is not None
-                          else Observer())
-        self._observer.name = f"watch-{self.name}"
+        if self.config.poll_s is not None:
+            self._observer = PollingObserver(timeout=self.config.poll_s)
+            self._observer.name = f"watch-{self.name}"
+        else:
+            self._inotify = InotifyWatch(self.name, self.config.recursive, _Fed(self))
         self._schedule()
-        self._observer.start()
-        self._overflow.attach(self._observer)
+        if self._observer is not None:
+            self._observer.start()
+        else:
+            self._inotify.start()
         existing = self.scan(self.folder)
         self.ledger.compact(existing)
         metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(1)
@@ -241,9 +219,10 @@ class FolderSource(PausableSource):
         """Stop accepting new files; files already queued are still scored."""
         self.thread.stop()
         self._wake.set()
-        self._overflow.detach()
         if self._observer is not None:
             self._observer.stop()
+        if self._inotify is not None:
+            self._inotify.stop()
         if self.sorter is not None:
             self.sorter.stop()
 
@@ -251,13 +230,16 @@ class FolderSource(PausableSource):
         deadline = time.monotonic() + timeout
         if self._observer is not None:
             self._observer.join(timeout)
+        if self._inotify is not None:
+            self._inotify.join(timeout)
         joined = self.thread.join(deadline - time.monotonic())
         return (self.sorter is None or self.sorter.thread.join(deadline - time.monotonic())) and joined
 
     @property
     def dead(self) -> bool:
-        sorter = self.sorter.thread if self.sorter is not None else None
-        return super().dead or (sorter is not None and sorter.started and not sorter.alive and not sorter.stopping)
+        return super().dead or any(t is not None and t.started and not t.alive and not t.stopping
+                                   for t in (self.sorter.thread if self.sorter is not None else None,
+                                             self._inotify.thread if self._inotify is not None else None))
 
     def close(self) -> None:
         if self.sorter is not None:
@@ -301,14 +283,20 @@ class FolderSource(PausableSource):
     def _schedule(self) -> None:
         """Watch the folder now at the path; raises OSError when it cannot be watched."""
         identity = self._folder_identity()
-        # follow_symlink=False: links to folders inside the tree are not watched through (IN_DONT_FOLLOW).
-        self._watch = self._observer.schedule(_Events(self), str(self.folder), recursive=self.config.recursive,
-                                              follow_symlink=False, event_filter=_EVENT_FILTER)
+        if self._inotify is not None:
+            self._inotify.watch(str(self.folder))
+            self._watch = True
+        else:
+            self._watch = self._observer.schedule(_Polled(self), str(self.folder), recursive=self.config.recursive,
+                                                  follow_symlink=False)
         self._identity = identity
 
     def _unschedule(self) -> None:
         watch, self._watch = self._watch, None
-        if watch is None or self._observer is None:
+        if watch is None:
+            return
+        if self._inotify is not None:
+            self._inotify.unwatch()
             return
         try:
             self._observer.unschedule(watch)
@@ -357,14 +345,18 @@ class FolderSource(PausableSource):
         return path.relative_to(self.folder).as_posix()
 
     def _wanted(self, path: Path) -> bool:
-        if path.name.startswith("."):
-            return False  # hidden files are writers' temporaries (rsync, editors)
         try:
             path.relative_to(self.folder)
         except ValueError:
             return False
         if not self.config.recursive and path.parent != self.folder:
             return False
+        return self._wanted_name(path)
+
+    def _wanted_name(self, path: Path) -> bool:
+        """`path` (in the folder or, recursive, below it) has an image's name and is no writer's temporary."""
+        if path.name.startswith("."):
+            return False  # hidden files are writers' temporaries (rsync, editors)
         if is_image_name(path, self._extensions):
             return True
         if path not in self._ignored:
@@ -394,6 +386,33 @@ class FolderSource(PausableSource):
         # Waking the settle loop on every event of a burst would rescan the pending set each time;
         # once it has candidates it wakes by itself when the next one is due.
         if idle:
+            self._wake.set()
+
+    def changed(self, changes: list[tuple[str, int]]) -> None:
+        """The inotify watch's file events (`offer` for OPENED and CLOSED, `forget` for GONE) in kernel order.
+
+        One lock round for everything one read of the kernel's queue returned; paths come from the watched
+        folders, so only the name is checked.
+        """
+        now, wall = time.monotonic(), time.time()
+        wanted = [(Path(text), change) for text, change in changes]
+        wanted = [(path, change) for path, change in wanted if change == GONE or self._wanted_name(path)]
+        with self._lock:
+            idle = not self._pending
+            pending, inflight = self._pending, self._inflight
+            for path, change in wanted:
+                if change == GONE:
+                    pending.pop(path, None)
+                elif path not in inflight:
+                    cand = pending.get(path)
+                    if cand is None:
+                        pending[path] = _Candidate(wall, now, change == CLOSED)
+                    else:
+                        cand.last_change = now
+                        cand.closed = cand.closed or change == CLOSED
+                        cand.next_try = 0.0
+            wake = idle and bool(pending)
+        if wake:
             self._wake.set()
 
     def forget(self, path: Path) -> None:
