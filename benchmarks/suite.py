@@ -3,14 +3,14 @@
 Measured in ONE process run, on the same bundles and the same files, so ratios compare like with like on a
 shared machine:
 
-- three cases: 64x64 grey (the shipped `models/default`), 128x128 and 256x256 colour (bundles of the same
-  `conv` architecture built untrained from monitor/training/architecture.py and saved to a temp folder:
-  the cost of a forward pass does not depend on what the weights learned). For each, in 3 rounds on one
-  in-process `Daemon`: the bare batched model (the daemon's own `BatchScorer.score_inputs` on a prepared full
-  batch), the daemon on a backlog of PNG files renamed into its watched folder by another process (mover
-  start to the last verdict, counted by the metrics counter), the bare model again; a round's ratio is daemon
-  / the mean of the bare rates around it, the case's figures the medians over the rounds. Then the naive way
-  (one `model.predict` per image);
+- three cases: 64x64 grey (the shipped `models/default`), 128x128 and 256x256 colour (bundles of the same `conv`
+  architecture built untrained from monitor/training/architecture.py and saved to a temp folder: the cost of a
+  forward pass does not depend on what the weights learned). For each, in 3 rounds on one in-process `Daemon`,
+  measured warm (every batch bucket traced before the first file): the bare batched model (the daemon's own
+  `BatchScorer.score_inputs` on a prepared full batch), the daemon on a backlog of PNG files renamed into its
+  watched folder by another process (mover start to the last verdict, counted by the metrics counter), the bare
+  model again; a round's ratio is daemon / the mean of the bare rates around it, the case's figures the medians
+  over the rounds. Then the naive way (one `model.predict` per image);
 - pipeline capacity: the same daemon path with the shipped bundle's model replaced by a Keras identity model
   (scoring costs ~nothing: the GPU case), files/s on a backlog of 64x64 PNGs, and that model's bare img/s;
 - tiled: the shipped model with `tiling: {scale: 1}` (default stride, half a tile) on 128x128 grey PNGs
@@ -230,6 +230,11 @@ class InProcessDaemon:
 
     def __enter__(self) -> InProcessDaemon:
         self.daemon.start()
+        # Measured warm, as a line runs for months: READY=1 comes before the smaller batch buckets are traced
+        # (beside the line, about a second); files in that second wait behind the traces. Start-up has its own case.
+        deadline = time.monotonic() + 60
+        while any(m.scorer.warming for m in self.daemon.pipeline.models.values()) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self
 
     def __exit__(self, *exc: object) -> None:
