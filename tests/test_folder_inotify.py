@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from netutil import wait_until
 
-from monitor.sources.inotify import CLOSED, GONE, IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, OPENED, InotifyWatch, parse
+from monitor.sources.inotify import (
+    CLOSED,
+    GONE,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_ISDIR,
+    OPENED,
+    InotifyWatch,
+    describe_errno,
+    parse,
+)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/sys/fs/inotify").exists(), reason="needs Linux inotify")
 
@@ -169,3 +182,27 @@ def test_a_folder_that_cannot_be_watched_raises_os_error(tmp_path):
             watch.watch(str(tmp_path / "missing"))
     finally:
         watch.join(1)
+
+
+def test_a_process_out_of_descriptors_is_told_which_limit_and_what_to_do(tmp_path):
+    # Real: inotify_init1 in a process whose open-file limit is used up fails with EMFILE.
+    script = (
+        "import resource, sys\n"
+        "from monitor.sources.inotify import InotifyWatch\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+        "held = []\n"
+        "try:\n"
+        "    while True: held.append(open('/dev/null'))\n"
+        "except OSError: pass\n"
+        "try:\n"
+        "    InotifyWatch('x', False, None)\n"
+        "except OSError as exc: print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parent.parent)
+    assert "too many inotify instances or open files" in out.stdout and "poll_s" in out.stdout, out
+
+
+def test_the_watch_limit_is_named_for_what_it_is():
+    assert "fs.inotify.max_user_watches" in describe_errno(errno.ENOSPC)
+    assert describe_errno(errno.ENOENT) == os.strerror(errno.ENOENT)

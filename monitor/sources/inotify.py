@@ -74,9 +74,19 @@ class FolderEvents(Protocol):
     def root_gone(self) -> None: ...
 
 
+def describe_errno(code: int) -> str:
+    """What an inotify call's errno means here: the kernel's limits have names that say nothing of inotify."""
+    if code == errno.ENOSPC:  # "No space left on device", with the disk half empty
+        return "the inotify watch limit is reached (raise fs.inotify.max_user_watches, or set poll_s)"
+    if code == errno.EMFILE:  # from inotify_init1: this user's instances, or this process's descriptors
+        return ("too many inotify instances or open files (raise fs.inotify.max_user_instances or the "
+                "open-file limit, or set poll_s)")
+    return os.strerror(code)
+
+
 def _os_error(path: str) -> OSError:
     code = ctypes.get_errno()
-    return OSError(code, os.strerror(code), path)
+    return OSError(code, describe_errno(code), path)
 
 
 def parse(buffer: bytes) -> Iterator[tuple[int, int, bytes]]:
@@ -172,7 +182,7 @@ class InotifyWatch:
                 return
         code = ctypes.get_errno()
         if code not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-            log.warning("folder_watch_failed path=%s error=%s", path, os.strerror(code))
+            log.warning("folder_watch_failed path=%s error=%r", path, describe_errno(code))
 
     def _forget_below(self, folder: str) -> None:
         """Drop the watches of `folder` and its subfolders (moved out of the tree: their events are not ours)."""
