@@ -348,3 +348,17 @@ def test_a_read_returns_one_byte_more_than_the_size_seen_when_the_file_grew(tmp_
         assert FolderSource._read(fd, 4) == b"01234"  # longer than seen: the caller looks again
     finally:
         os.close(fd)
+
+
+def test_a_watched_folder_given_as_a_link_is_watched_through_it(tmp_path):
+    # The configured path is the operator's: /data/inbox may be a link to a disk mounted elsewhere.
+    real = tmp_path / "disk" / "inbox"
+    real.mkdir(parents=True)
+    h = Harness(tmp_path, "linked_root")
+    h.inbox.symlink_to(real, target_is_directory=True)
+    try:
+        h.start()
+        (real / "a.png").write_bytes(png(3))
+        assert [f.path for f in h.frames(1)] == [h.inbox / "a.png"]
+    finally:
+        h.stop()
