@@ -111,7 +111,6 @@ class InotifyWatch:
         self._fd = fd
         self._lock = threading.Lock()  # the maps below: changed by the reader (subfolders) and the source (root)
         self._paths: dict[int, str] = {}  # wd -> the folder's path
-        self._wds: dict[str, int] = {}
         self._root_wd: int | None = None
         self.thread = StoppableThread(f"watch-{name}", self._run)
 
@@ -140,7 +139,7 @@ class InotifyWatch:
             if wd < 0:
                 raise _os_error(root)
             self._root_wd = wd
-            self._remember(wd, root)
+            self._paths[wd] = root
         if self.recursive:
             self._watch_below(root)
 
@@ -149,7 +148,6 @@ class InotifyWatch:
         with self._lock:
             wds = list(self._paths)
             self._paths.clear()
-            self._wds.clear()
             self._root_wd = None
         for wd in wds:
             _rm_watch(self._fd, wd)  # EINVAL for a watch the kernel already dropped: nothing to undo
@@ -158,13 +156,6 @@ class InotifyWatch:
         """The folders watched now."""
         with self._lock:
             return sorted(self._paths.values())
-
-    def _remember(self, wd: int, path: str) -> None:
-        old = self._paths.get(wd)
-        if old is not None and old != path:
-            self._wds.pop(old, None)  # a folder renamed within the tree keeps its watch: now under its new name
-        self._paths[wd] = path
-        self._wds[path] = wd
 
     def _watch_below(self, folder: str) -> None:
         """Watch every folder under `folder`, not through links; ones that vanish meanwhile are skipped."""
@@ -178,7 +169,7 @@ class InotifyWatch:
                 return  # unwatched meanwhile
             wd = _add_watch(self._fd, os.fsencode(path), MASK | IN_DONT_FOLLOW)
             if wd >= 0:
-                self._remember(wd, path)
+                self._paths[wd] = path
                 return
         code = ctypes.get_errno()
         if code not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
@@ -188,11 +179,10 @@ class InotifyWatch:
         """Drop the watches of `folder` and its subfolders (moved out of the tree: their events are not ours)."""
         prefix = folder + os.sep
         with self._lock:
-            gone = [(wd, p) for wd, p in self._paths.items() if p == folder or p.startswith(prefix)]
-            for wd, path in gone:
+            gone = [wd for wd, p in self._paths.items() if p == folder or p.startswith(prefix)]
+            for wd in gone:
                 del self._paths[wd]
-                self._wds.pop(path, None)
-        for wd, _ in gone:
+        for wd in gone:
             _rm_watch(self._fd, wd)
 
     # --- the reader ---------------------------------------------------------------------------------------
@@ -233,7 +223,6 @@ class InotifyWatch:
                     with self._lock:
                         if self._paths.get(wd) == folder:
                             del self._paths[wd]
-                            self._wds.pop(folder, None)
                 if root:
                     self._flush(changes)
                     self._events.root_gone()
