@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -180,3 +182,32 @@ def test_reload_speaks_the_notify_protocol_reloading_then_ready(tmp_path, tiny_b
     fields = dict(line.split("=", 1) for line in messages[reloading[0]].splitlines())
     assert before_us <= int(fields["MONOTONIC_USEC"]) <= after_us  # CLOCK_MONOTONIC, as systemd reads it
     assert "STATUS=scoring 1 sources" in messages[ready[0]]
+
+
+def inotify_instances(pid: int) -> int:
+    """inotify instances process `pid` holds (each folder source has its own)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd) == "anon_inode:inotify"
+    return count
+
+
+def test_folder_sources_replaced_by_reloads_leave_no_inotify_instance_behind(tmp_path, tiny_bundle, subprocess_env):
+    # The kernel allows a user 128 instances (fs.inotify.max_user_instances): a reload that leaked one per
+    # replaced source would stop a long-running daemon from watching anything after enough reloads.
+    config = base_config(tiny_bundle)
+    proc = DaemonProcess(tmp_path, config, subprocess_env).start()
+    try:
+        assert inotify_instances(proc.proc.pid) == 1
+        for settle_ms in (21, 22, 23, 24):  # each a changed source: stopped, joined, built anew
+            source = dict(config["sources"][0], settle_ms=settle_ms)
+            rewrite_config(proc.config_path, dict(config, sources=[source]))
+            reload_and_wait(proc)
+        assert proc.log().count("sources_replaced=line1") == 4
+        assert inotify_instances(proc.proc.pid) == 1
+        drop_one(tmp_path / "inbox", "after_reloads")  # and the last one watches
+        assert names_of(proc.wait_for_verdicts(1)) == ["after_reloads0000.png"]
+        assert proc.terminate() == 0
+    finally:
+        proc.kill()
