@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from imagegen import anomalous_image, normal_image
 
 from monitor.model.bundle import load_bundle
@@ -120,3 +122,70 @@ def test_warm_rest_warms_every_bucket_and_ends_the_warming(tiny_bundle, images, 
     warm_rest({"m": model}, threading.Event())
     assert not model.scorer.warming and set(model.scorer._forwards) == set(model.scorer.buckets)
     np.testing.assert_allclose(model.scorer.score(images[:1]).scores, one_by_one[:1], rtol=1e-5)
+
+
+# --- call plans: a chunk smaller than max_batch, padded or split by the buckets' measured times -------------
+
+def test_a_chunk_costing_the_same_whatever_its_size_is_one_padded_call() -> None:
+    from monitor.model.scorer import plan_calls
+
+    flat = {1: 2.5, 4: 3.0, 16: 5.0, 32: 6.0}  # per-call overhead dominates: a small model, a GPU
+    assert plan_calls(3, flat) == [4]
+    assert plan_calls(20, flat) == [32]
+
+
+def test_a_chunk_whose_cost_grows_with_its_size_is_split_into_exact_calls() -> None:
+    from monitor.model.scorer import plan_calls
+
+    linear = {1: 21.0, 4: 79.0, 16: 314.0, 32: 717.0}  # ms: a 256x256 colour model on two cores
+    assert plan_calls(20, linear) == [16, 4]
+    assert plan_calls(5, linear) == [4, 1]
+
+
+def test_plans_within_two_percent_take_the_fewer_calls() -> None:
+    from monitor.model.scorer import plan_calls
+
+    assert plan_calls(8, {1: 1.0, 4: 4.0, 16: 7.9, 32: 20.0}) == [16]  # 4 + 4 = 8.0 is no real saving
+
+
+@settings(max_examples=200, deadline=None)
+@given(k=st.integers(1, 40), costs=st.lists(st.floats(0.1, 100.0), min_size=4, max_size=4))
+def test_a_plan_covers_the_chunk_and_costs_no_more_than_any_other(k: int, costs: list[float]) -> None:
+    from monitor.model.scorer import plan_calls
+
+    seconds = dict(zip((1, 4, 16, 32), costs, strict=True))
+    plan = plan_calls(k, seconds)
+    assert sum(plan) >= k and sum(plan) - plan[-1] < k  # every call but the last is full
+    cheapest = _cheapest(k, seconds)
+    assert sum(seconds[s] for s in plan) <= cheapest * 1.02 ** len(plan) + 1e-9
+
+
+def _cheapest(k: int, seconds: dict[int, float]) -> float:
+    """Brute force: the least total time of any calls covering k."""
+    best = [0.0] + [float("inf")] * k
+    for i in range(1, k + 1):
+        best[i] = min(c + best[max(0, i - s)] for s, c in seconds.items())
+    return best[k]
+
+
+def test_the_scorer_pads_until_every_bucket_has_a_measured_time(tiny_bundle) -> None:  # noqa: ANN001
+    scorer = BatchScorer(load_bundle(tiny_bundle), max_batch=32)
+    assert scorer.calls(20) == [20]  # nothing measured yet: one call, padded to 32
+    scorer.warm_buckets(scorer.buckets)  # traces each, then times a second run of each
+    x = np.zeros((32, 32, 32, 1), np.float32)
+    scorer.score_inputs(x)
+    scorer.score_inputs(x)  # max_batch's first call traced it: its second is timed
+    assert set(scorer.bucket_seconds) == {1, 4, 16, 32}
+    assert sum(scorer.calls(20)) == 20 and scorer.calls(70)[:2] == [32, 32]
+
+
+def test_a_split_chunk_scores_the_same_as_a_padded_one(tiny_bundle) -> None:  # noqa: ANN001
+    scorer = BatchScorer(load_bundle(tiny_bundle), max_batch=32)
+    rng = np.random.default_rng(5)
+    batch = [normal_image(rng, 32) if i % 4 else anomalous_image(rng, 32) for i in range(21)]
+    padded = scorer.score(batch)
+    scorer.bucket_seconds = {1: 1.0, 4: 4.0, 16: 16.0, 32: 32.0}  # as if measured: cost in proportion to size
+    assert scorer.calls(21) == [16, 4, 1]
+    split = scorer.score(batch)
+    np.testing.assert_allclose(split.scores, padded.scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(split.error_maps, padded.error_maps, rtol=1e-4, atol=1e-6)

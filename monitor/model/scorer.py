@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,35 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
     return (*sizes, max_batch)
 
 
+_TIE = 0.02  # plan_calls: call plans whose measured times differ by less than this fraction are alike
+
+
+def plan_calls(k: int, seconds: Mapping[int, float]) -> list[int]:
+    """The bucket sizes to run `k` inputs in, largest first (the last call padded), cheapest by `seconds`, each
+    bucket's measured time per call.
+
+    Where a call costs about the same whatever its size (a small model, a GPU: per-call overhead), that is one
+    call padded to the smallest bucket that holds all `k`; where the cost grows with the size (a large model on
+    a CPU), several exact calls: 20 inputs as 16 + 4 rather than 32 with 12 of them padding. Ties go to fewer calls.
+    """
+    sizes = sorted(seconds, reverse=True)
+    best = [0.0] + [math.inf] * k  # best[i]: the cheapest time for i inputs
+    calls = [0] * (k + 1)
+    choice = [0] * (k + 1)
+    for i in range(1, k + 1):
+        for size in sizes:
+            rest = max(0, i - size)
+            cost, count = seconds[size] + best[rest], 1 + calls[rest]
+            # Within 2 % is a tie (timings are noisy): fewer calls then.
+            if cost < best[i] * (1 - _TIE) or (cost <= best[i] * (1 + _TIE) and count < calls[i]):
+                best[i], calls[i], choice[i] = cost, count, size
+    plan, left = [], k
+    while left > 0:
+        plan.append(choice[left])
+        left = max(0, left - choice[left])
+    return sorted(plan, reverse=True)
+
+
 class BatchScorer:
     """Scores lists of decoded images with the bundle's model and score, `max_batch` at a time.
 
@@ -134,6 +164,10 @@ class BatchScorer:
         # images, not for max_batch (measured on the shipped model: 2.5 ms for 1 image, 37 ms padded to 32).
         self.buckets = batch_buckets(self.max_batch)
         self._forwards: dict[int, Any] = {self.max_batch: forward}
+        # Each bucket's time per call, a moving average of its real calls (the first, which traces and allocates,
+        # left out). Once every bucket has one, a chunk runs as `plan_calls` says; until then, padded.
+        self.bucket_seconds: dict[int, float] = {}
+        self._timed: set[int] = set()  # buckets past their first call
         # True while another thread traces the smaller buckets (warm_buckets): a chunk then pads to a bucket
         # already traced rather than waiting for its own trace.
         self.warming = False
@@ -209,6 +243,29 @@ class BatchScorer:
             log.debug("scorer_bucket_trace_seconds size=%d seconds=%.3f", size, time.perf_counter() - start)
         return size, forward
 
+    def calls(self, n: int) -> list[int]:
+        """How many inputs each forward call of a score_inputs of `n` takes: full max_batch calls, then the rest
+        as `plan_calls` says once every bucket's time is known (padded to one bucket before that)."""
+        full, rest = divmod(n, self.max_batch)
+        calls = [self.max_batch] * full
+        if rest:
+            known = self._run is None and not self.warming and set(self.buckets) <= set(self.bucket_seconds)
+            calls += plan_calls(rest, self.bucket_seconds) if known else [rest]
+        # A planned call of a bucket larger than what is left takes what is left (the last, padded).
+        out, left = [], n
+        for call in calls:
+            out.append(min(call, left))
+            left -= out[-1]
+        return [c for c in out if c > 0]
+
+    def _record_time(self, size: int, seconds: float) -> None:
+        """One call of bucket `size` took `seconds`; its first call (a trace, allocations) is not counted."""
+        if size not in self._timed:
+            self._timed.add(size)
+            return
+        old = self.bucket_seconds.get(size)
+        self.bucket_seconds[size] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
     def warm_buckets(self, sizes: Sequence[int], stop: threading.Event | None = None) -> None:
         """Trace and run the forward pass of each batch bucket in `sizes` once (TensorFlow only).
 
@@ -222,8 +279,13 @@ class BatchScorer:
             if size in self._forwards or self._run is not None:
                 continue
             forward = self._traced_forward(size)
+            zeros = tf.constant(np.zeros((size, b.height, b.width, b.channels), np.float32))
             with tf.device(self.device):  # as score_inputs calls it: the first real batch finds it ready
-                forward(tf.constant(np.zeros((size, b.height, b.width, b.channels), np.float32)))
+                forward(zeros)
+                start = time.perf_counter()  # a second run, timed: what a call of this size costs here
+                forward(zeros)
+                self._timed.add(size)
+                self._record_time(size, time.perf_counter() - start)
             self._forwards[size] = forward
             log.info("scorer_bucket_traced size=%d max_batch=%d", size, self.max_batch)
 
@@ -311,20 +373,24 @@ class BatchScorer:
         recons = np.empty_like(inputs)
         maps = np.empty((n, b.height, b.width), np.float32)
         scores = np.empty(n, np.float64)
-        for start in range(0, n, self.max_batch):
-            chunk = inputs[start:start + self.max_batch]
+        start = 0
+        for call in self.calls(n):
+            chunk = inputs[start:start + call]
             k = chunk.shape[0]
             # Another backend was converted for max_batch alone; TensorFlow pads to the chunk's bucket.
             size, forward = (self.max_batch, None) if self._run is not None else self._forward_for(k)
             if k < size:
                 chunk = np.concatenate([chunk, np.zeros((size - k, *chunk.shape[1:]), np.float32)])
+            began = time.perf_counter()
             if self._run is not None:
                 r, m, s = self._run(chunk)  # numpy already, from OpenVINO's own CPU threads
             else:
                 with tf.device(self.device):
                     r, m, s = (t.numpy() for t in forward(tf.constant(chunk)))
+                self._record_time(size, time.perf_counter() - began)
             recons[start:start + k] = r[:k]
             maps[start:start + k] = m[:k]
             scores[start:start + k] = s[:k].astype(np.float64)
+            start += k
         return ScoredBatch(inputs=inputs, reconstructions=recons, error_maps=maps, scores=scores,
                            tiles=np.ones(n, np.int64))
