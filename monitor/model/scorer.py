@@ -247,16 +247,12 @@ class BatchScorer:
         """How many inputs each forward call of a score_inputs of `n` takes: full max_batch calls, then the rest
         as `plan_calls` says once every bucket's time is known (padded to one bucket before that)."""
         full, rest = divmod(n, self.max_batch)
-        calls = [self.max_batch] * full
-        if rest:
-            known = self._run is None and not self.warming and set(self.buckets) <= set(self.bucket_seconds)
-            calls += plan_calls(rest, self.bucket_seconds) if known else [rest]
-        # A planned call of a bucket larger than what is left takes what is left (the last, padded).
-        out, left = [], n
-        for call in calls:
-            out.append(min(call, left))
-            left -= out[-1]
-        return [c for c in out if c > 0]
+        if not rest:
+            return [self.max_batch] * full
+        known = self._run is None and not self.warming and set(self.buckets) <= set(self.bucket_seconds)
+        planned = plan_calls(rest, self.bucket_seconds)[:-1] if known else []
+        # Only the last planned call may be padded: it takes what is left.
+        return [self.max_batch] * full + planned + [rest - sum(planned)]
 
     def _record_time(self, size: int, seconds: float) -> None:
         """One call of bucket `size` took `seconds`; its first call (a trace, allocations) is not counted."""

@@ -371,18 +371,11 @@ class FolderSource(PausableSource):
         """A file appeared or changed: (re)start its completeness clock."""
         if not self._wanted(path):
             return
-        now = time.monotonic()
         with self._lock:
             if path in self._inflight:
                 return
             idle = not self._pending
-            cand = self._pending.get(path)
-            if cand is None:
-                self._pending[path] = _Candidate(arrived or time.time(), now, closed)
-            else:
-                cand.last_change = now
-                cand.closed = cand.closed or closed
-                cand.next_try = 0.0
+            self._touch(path, closed, time.monotonic(), arrived or time.time())
         # Waking the settle loop on every event of a burst would rescan the pending set each time;
         # once it has candidates it wakes by itself when the next one is due.
         if idle:
@@ -399,21 +392,24 @@ class FolderSource(PausableSource):
         wanted = [(path, change) for path, change in wanted if change == GONE or self._wanted_name(path)]
         with self._lock:
             idle = not self._pending
-            pending, inflight = self._pending, self._inflight
             for path, change in wanted:
                 if change == GONE:
-                    pending.pop(path, None)
-                elif path not in inflight:
-                    cand = pending.get(path)
-                    if cand is None:
-                        pending[path] = _Candidate(wall, now, change == CLOSED)
-                    else:
-                        cand.last_change = now
-                        cand.closed = cand.closed or change == CLOSED
-                        cand.next_try = 0.0
-            wake = idle and bool(pending)
+                    self._pending.pop(path, None)
+                elif path not in self._inflight:
+                    self._touch(path, change == CLOSED, now, wall)
+            wake = idle and bool(self._pending)
         if wake:
             self._wake.set()
+
+    def _touch(self, path: Path, closed: bool, now: float, arrived: float) -> None:
+        """A pending candidate for `path`, its quiet clock restarted at `now`; call with the lock held."""
+        cand = self._pending.get(path)
+        if cand is None:
+            self._pending[path] = _Candidate(arrived, now, closed)
+        else:
+            cand.last_change = now
+            cand.closed = cand.closed or closed
+            cand.next_try = 0.0
 
     def forget(self, path: Path) -> None:
         with self._lock:
