@@ -322,8 +322,9 @@ class FolderSource(PausableSource):
             self._unschedule()
             with self._lock:
                 self._pending.clear()  # their paths now name other files or none; the backlog scan re-offers
-            metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(0)
+            # The line first, then the metric: whoever sees the metric change finds the line already written.
             log.warning("folder_lost source=%s folder=%s", self.name, self.folder)
+            metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(0)
             identity = self._folder_identity()  # a replacement may already be there
         if self._watch is None and identity is not None:
             try:
@@ -332,8 +333,8 @@ class FolderSource(PausableSource):
                 log.info("folder_watch_retry source=%s folder=%s error=%s", self.name, self.folder, exc)
                 return
             self.scan(self.folder)  # files that arrived while no watch was on the folder raised no event
-            metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(1)
             log.warning("folder_found source=%s folder=%s backlog=%d", self.name, self.folder, len(self._pending))
+            metrics.SOURCE_FOLDER_PRESENT.labels(self.name).set(1)
 
     # --- candidates ---------------------------------------------------------------------------
     def _relative(self, path: Path) -> str:
