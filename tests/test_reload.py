@@ -69,11 +69,15 @@ def test_a_model_swap_under_load_names_the_model_of_every_verdict(tmp_path, tiny
         wait_until(lambda: len(proc.verdicts()) >= 10, 60)
         rewrite_config(proc.config_path, dict(config, model=str(b)))
         reload_and_wait(proc)
+        # Files after the reload as well: under load the swap can land after the first stream has ended (its 80
+        # files take 2.4 s, loading and warming B can take longer), and then no verdict would be B's.
+        after = Streamer(proc.workdir / "inbox", 10, "after", interval=0.03, seed=1).start()
         streamer.join()
-        verdicts = proc.wait_for_verdicts(80, timeout=60)
+        after.join()
+        verdicts = proc.wait_for_verdicts(90, timeout=60)
         time.sleep(1.0)
         verdicts = proc.verdicts()
-        assert sorted(names_of(verdicts)) == sorted(streamer.names)  # none lost, none twice
+        assert sorted(names_of(verdicts)) == sorted(streamer.names + after.names)  # none lost, none twice
         ids = [v["model_id"] for v in verdicts]
         assert all(v["model"] == "default" for v in verdicts)
         first, last = ids[0], ids[-1]
