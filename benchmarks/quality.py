@@ -75,6 +75,7 @@ class Result:
     score_ms: float = float("nan")  # per image, scoring the evaluated split (preprocessing included)
     settings: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    ablation: Result | None = None  # the same bundle without its defect network, when it has one
     error: str | None = None
 
 
@@ -211,7 +212,6 @@ def _progress(tag: str) -> Callable[[str], None]:
 def monitor_default(p: Protocol, split: Split, which: str, workdir: Path, quick: bool,
                     train_seed: int | None) -> Result:
     """Train from a folder of PNGs with train_bundle, score through BatchScorer(bundle).score at its threshold."""
-    from monitor.model.scorer import BatchScorer
     from monitor.training.train import train_bundle
 
     options, note = default_options(which, quick, train_seed)
@@ -222,14 +222,42 @@ def monitor_default(p: Protocol, split: Split, which: str, workdir: Path, quick:
     bundle = train_bundle(folder, workdir / p.name / f"bundle-{which}", options,
                           progress=_progress(f"{p.name}/{which}"))
     train_s = time.monotonic() - start
+    scores, ms = _scored(bundle, split)
+    result = Result(p.name, METHODS[which], scores, bundle.default_threshold, train_s, ms,
+                    bundle_settings(bundle.meta), note)
+    base = without_discriminator(bundle)
+    if base is not None:
+        scores, ms = _scored(base, split)
+        result.ablation = Result(p.name, f"{METHODS[which]} without its defect network", scores,
+                                 base.default_threshold, train_s, ms, bundle_settings(base.meta),
+                                 "the same bundle scored without its defect network, at the threshold it had "
+                                 "before the network joined")
+    return result
+
+
+def _scored(bundle: Any, split: Split) -> tuple[np.ndarray, float]:
+    """Scores of the split through BatchScorer(bundle).score, and ms per image."""
+    from monitor.model.scorer import BatchScorer
+
     scorer = BatchScorer(bundle)
     images = list(split.images)
     scorer.score(images[:1])  # trace the fixed-shape graph once, as the daemon does at start
     start = time.monotonic()
     scores = np.concatenate([scorer.score(images[g]).scores for g in scorer.call_groups(images)])
-    ms = 1000 * (time.monotonic() - start) / len(images)
-    return Result(p.name, METHODS[which], scores, bundle.default_threshold, train_s, ms,
-                  bundle_settings(bundle.meta), note)
+    return scores, 1000 * (time.monotonic() - start) / len(images)
+
+
+def without_discriminator(bundle: Any) -> Any:
+    """The bundle as it was before its defect network joined (None: it has none)."""
+    from monitor.model.bundle import Bundle
+
+    training = bundle.meta.get("training") or {}
+    decision = (training.get("selection") or {}).get("discriminator") or training.get("discriminator") or {}
+    if bundle.sidecar.discriminator is None or "calibration_without" not in decision:
+        return None
+    meta = {k: v for k, v in bundle.meta.items() if k != "discriminator"}
+    meta["calibration"] = {**meta["calibration"], "scores": decision["calibration_without"]}
+    return Bundle(path=bundle.path, model=bundle.model, meta=meta, density=bundle.density)
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -351,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                 f = figures(split, r)
                 rows.append(f)
                 print(row(f), flush=True)
+                if r.ablation is not None:
+                    rows.append(figures(split, r.ablation))
+                    print(row(rows[-1]), flush=True)
                 say(f"[{name}] {METHODS[method]}: trained {r.train_seconds:.0f} s"
                     + (f", recall by kind {f['recall_by_kind']}" if f.get("recall_by_kind") else "")
                     + (f", settings {f['settings']}" if method in ("old", "new") and f["settings"] else "")

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from monitor.model.scores import SCORE_NAMES, ScoreFunction, get_score
+from monitor.model.scores import MAX_SCORES, SCORE_NAMES, ScoreFunction, get_score
 from monitor.model.tiling import default_stride
 from monitor.schema import StrictModel, error_message, key_path
 
@@ -177,6 +177,45 @@ class DensityMeta(StrictModel):
         return self.density_offset, self.density_scale
 
 
+class DiscriminatorMeta(StrictModel):
+    """A defect network (monitor/training/discriminator.py) joined to the score.
+
+    Its logits, one per 4x4 cell of the model input, are resized to the score's map and normalised by their
+    own (offset, scale) on normal images. The image score is the larger of that map's maximum and the score
+    without the network, normalised by (base_offset, base_scale) unless it already is (a density score). When
+    that score is a map's maximum, the shown map is the per-pixel maximum of the two normalised maps, and its
+    maximum is the image score; for a mean-type score (mse) the score's map is normalised for showing by its
+    own (map_offset, map_scale).
+    """
+
+    file: str = "discriminator.keras"
+    offset: float = Field(strict=True, allow_inf_nan=False)
+    scale: float = Field(strict=True, gt=0, allow_inf_nan=False)
+    base_offset: float = Field(default=0.0, strict=True, allow_inf_nan=False)
+    base_scale: float | None = Field(default=None, strict=True, gt=0, allow_inf_nan=False)
+    map_offset: float = Field(default=0.0, strict=True, allow_inf_nan=False)
+    map_scale: float | None = Field(default=None, strict=True, gt=0, allow_inf_nan=False)
+
+    @field_validator("file")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        return _plain_file_name(value)
+
+    @property
+    def norm(self) -> tuple[float, float]:
+        return self.offset, self.scale
+
+    @property
+    def base_norm(self) -> tuple[float, float] | None:
+        """(offset, scale) of the score without the network; None when it is normalised already."""
+        return None if self.base_scale is None else (self.base_offset, self.base_scale)
+
+    @property
+    def map_norm(self) -> tuple[float, float] | None:
+        """(offset, scale) that shows a mean-type score's map beside the network's; None for a max-type score."""
+        return None if self.map_scale is None else (self.map_offset, self.map_scale)
+
+
 def _plain_file_name(value: str) -> str:
     if not value or value in (".", "..") or "/" in value or "\\" in value:
         raise ValueError(f"must be a file name inside the bundle folder, got {value!r}")
@@ -195,6 +234,7 @@ class BundleMeta(_Section):
     threshold: ThresholdMeta
     tiling: TilingMeta | None = None  # absent: the whole image is resized to the model input
     density: DensityMeta | None = None  # absent: the residual score alone
+    discriminator: DiscriminatorMeta | None = None  # absent: no defect network in the score
     # Informational: shown by `monitor info`, never needed to score.
     preprocessing: dict[str, Any] | None = None
     architecture: dict[str, Any] | None = None
@@ -228,6 +268,20 @@ class BundleMeta(_Section):
         if value is not None and value.on == "image" and info.data.get("tiling") is None:
             raise ValueError("on: image is a density of the whole working image, for tiled bundles only")
         return value
+
+    @model_validator(mode="after")
+    def _discriminator_joins_a_map(self) -> BundleMeta:
+        if self.discriminator is None:
+            return self
+        if self.density is not None and self.density.on == "image":
+            raise ValueError("discriminator: cannot join a whole-image density (on: image), which is added "
+                             "after the tiles are stitched")
+        if self.density is None and self.discriminator.base_scale is None:
+            raise ValueError("discriminator: base_scale is needed to normalise a residual score")
+        if self.density is None and self.score.name not in MAX_SCORES and self.discriminator.map_scale is None:
+            raise ValueError(f"discriminator: map_scale is needed to show the map of {self.score.name!r}, which is "
+                             "not a map's maximum, beside the network's")
+        return self
 
     @field_validator("model_file")
     @classmethod
@@ -278,6 +332,7 @@ class Bundle:
     meta: dict
     sidecar: BundleMeta = field(default=None, repr=False)  # type: ignore[assignment]  # None: from meta
     density: Any = field(default=None, repr=False)  # FeatureGaussian when the sidecar has `density`
+    discriminator: Any = field(default=None, repr=False)  # keras.Model when the sidecar has `discriminator`
 
     def __post_init__(self) -> None:
         if self.sidecar is None:
@@ -285,6 +340,9 @@ class Bundle:
         if (self.sidecar.density is None) != (self.density is None):
             raise BundleError(f"{Path(self.path) / META_FILE}: density: the sidecar and the density parameters "
                               "must come together")
+        if (self.sidecar.discriminator is None) != (self.discriminator is None):
+            raise BundleError(f"{Path(self.path) / META_FILE}: discriminator: the sidecar and the network must "
+                              "come together")
 
     @property
     def height(self) -> int:
@@ -348,11 +406,12 @@ class Bundle:
     def score_label(self) -> str:
         """What the image score is: the residual score, the density, or both (e.g. `ssim_max+density:local`)."""
         density = self.sidecar.density
+        network = "+discriminator" if self.sidecar.discriminator is not None else ""
         if density is None:
-            return self.score_name
+            return self.score_name + network
         name = f"density:{density.mode}" if density.features == "encoder" else f"density:{density.features}/" \
             f"{density.mode}"
-        return name if density.residual_scale is None else f"{self.score_name}+{name}"
+        return (name if density.residual_scale is None else f"{self.score_name}+{name}") + network
 
     def describe(self) -> str:
         """One line for logs: size, channels, tiling, score, threshold."""
@@ -403,6 +462,9 @@ def _read_checked(path: Path) -> tuple[dict, BundleMeta]:
                           "(truncated or corrupt)")
     if sidecar.density is not None and not (path / sidecar.density.file).is_file():
         raise BundleError(f"{path / sidecar.density.file}: cannot load the density parameters: the file is missing")
+    if sidecar.discriminator is not None and not (path / sidecar.discriminator.file).is_file():
+        raise BundleError(f"{path / sidecar.discriminator.file}: cannot load the defect network: the file is "
+                          "missing")
     return meta, sidecar
 
 
@@ -423,7 +485,8 @@ def bundle_identity(path: str | Path) -> str:
     """
     path = Path(path)
     sidecar = parse_meta(_read_meta(path), path / META_FILE)
-    names = [META_FILE, sidecar.model_file] + ([sidecar.density.file] if sidecar.density is not None else [])
+    names = [META_FILE, sidecar.model_file] + ([sidecar.density.file] if sidecar.density is not None else []) \
+        + ([sidecar.discriminator.file] if sidecar.discriminator is not None else [])
     digest = hashlib.sha256()
     for name in names:
         digest.update(name.encode() + b"\0")
@@ -442,15 +505,7 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     meta, sidecar = _read_checked(path)
     model_path = path / sidecar.model_file
-    import keras  # late: reading a sidecar must not pay for TensorFlow
-
-    try:
-        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a corrupt or unsafe file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if first.startswith("File not found") and model_path.is_file():
-            first = f"the file is there but unreadable as a Keras model ({first})"
-        raise BundleError(f"{model_path}: cannot load the Keras model: {_one_line(first)}") from None
+    model = _load_keras(model_path, "the Keras model")
     want = (sidecar.input.height, sidecar.input.width, sidecar.input.channels)
     shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     if shape != want:
@@ -460,9 +515,33 @@ def load_bundle(path: str | Path) -> Bundle:
     if out_shape != want:
         raise BundleError(f"{path}: model output shape {out_shape} is not a reconstruction of its "
                           f"input {want}")
-    bundle = Bundle(path=path, model=model, meta=meta, sidecar=sidecar, density=_load_density(path, sidecar))
+    network = None
+    if sidecar.discriminator is not None:
+        network = _load_keras(path / sidecar.discriminator.file, "the defect network")
+        if network.input_shape[-1] != sidecar.input.channels or network.output_shape[-1] != 1:
+            raise BundleError(f"{path / sidecar.discriminator.file}: the defect network takes "
+                              f"{network.input_shape[-1]} channels and gives {network.output_shape[-1]} maps; "
+                              f"the sidecar's input has {sidecar.input.channels} channels and one map is needed")
+    bundle = Bundle(path=path, model=model, meta=meta, sidecar=sidecar, density=_load_density(path, sidecar),
+                    discriminator=network)
     log.info("bundle_loaded %s", bundle.describe())
     return bundle
+
+
+def _load_keras(file: Path, what: str) -> Any:
+    """A Keras model file loaded in safe mode; BundleError naming the file when it cannot be."""
+    import keras  # late: reading a sidecar must not pay for TensorFlow
+
+    if file.suffix == ".keras" and not zipfile.is_zipfile(file):
+        # Keras says "File not found" for a file that is there but is no zip archive (truncated, corrupt).
+        raise BundleError(f"{file}: cannot load {what}: not a .keras zip archive (truncated or corrupt)")
+    try:
+        return keras.saving.load_model(file, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a corrupt or unsafe file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if first.startswith("File not found") and file.is_file():
+            first = f"the file is there but unreadable as a Keras model ({first})"
+        raise BundleError(f"{file}: cannot load {what}: {_one_line(first)}") from None
 
 
 def _load_density(path: Path, sidecar: BundleMeta) -> Any:
@@ -518,8 +597,9 @@ def _inference_copy(model: Any) -> Any:
     return copy
 
 
-def save_bundle(path: str | Path, model: Any, meta: dict, density: Any = None) -> Bundle:
-    """Write model.keras (and the density parameters) then bundle.json into `path`, each renamed into place."""
+def save_bundle(path: str | Path, model: Any, meta: dict, density: Any = None, discriminator: Any = None) -> Bundle:
+    """Write model.keras (and the density parameters, the defect network) then bundle.json into `path`, each
+    renamed into place."""
     path = Path(path)
     meta = dict(meta)
     meta.setdefault("format", FORMAT)
@@ -540,9 +620,14 @@ def save_bundle(path: str | Path, model: Any, meta: dict, density: Any = None) -
         if density is not None:
             name = sidecar.density.file if sidecar.density is not None else "density.npz"
             os.replace(density.save(tmp_dir, name), path / name)
+        if discriminator is not None:
+            name = sidecar.discriminator.file if sidecar.discriminator is not None else "discriminator.keras"
+            _inference_copy(discriminator).save(tmp_dir / "discriminator.keras")
+            os.replace(tmp_dir / "discriminator.keras", path / name)
         tmp_meta = tmp_dir / META_FILE
         tmp_meta.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n", encoding="utf-8")
         os.replace(tmp_meta, path / META_FILE)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    return Bundle(path=path, model=model, meta=json.loads(json.dumps(meta, default=_json_default)), density=density)
+    return Bundle(path=path, model=model, meta=json.loads(json.dumps(meta, default=_json_default)), density=density,
+                  discriminator=discriminator)

@@ -264,3 +264,19 @@ def combine_maps(residual_map: tf.Tensor, density_map: tf.Tensor, residual: Norm
     if residual is None:
         return z
     return tf.maximum((residual_map - residual[0]) / residual[1], z)
+
+
+def resized_map(other_map: tf.Tensor, size: tuple[int, int], norm: Norm) -> tf.Tensor:
+    """N x h x w cells (a defect network's) resized to `size`, bilinear, and normalised by `norm`."""
+    up = other_map
+    if (other_map.shape[1], other_map.shape[2]) != tuple(size):
+        up = tf.image.resize(other_map[..., None], size, method="bilinear")[..., 0]
+    return (up - norm[0]) / norm[1]
+
+
+def join_map(base_map: tf.Tensor, other_map: tf.Tensor, base: Norm | None, other: Norm) -> tf.Tensor:
+    """N x H x W: the per-pixel maximum of `base_map` (normalised by `base` unless None: it already is) and
+    `other_map` resized to its size and normalised by `other` (a defect network's cells)."""
+    if base is not None:
+        base_map = (base_map - base[0]) / base[1]
+    return tf.maximum(base_map, resized_map(other_map, (base_map.shape[1], base_map.shape[2]), other))

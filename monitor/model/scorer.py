@@ -193,18 +193,36 @@ class BatchScorer:
 
     @staticmethod
     def _combined_map(bundle: Bundle):  # noqa: ANN205 - a TensorFlow closure
-        """(x, residual map) -> the combined map, when the bundle has a density score; else None."""
-        meta = bundle.sidecar.density
-        if meta is None or meta.on == "image":  # a whole-image density joins after stitching (_score_tiled)
+        """(x, residual map) -> (the combined map, image scores), when the bundle has a density or a defect
+        network; else None."""
+        meta, network = bundle.sidecar.density, bundle.sidecar.discriminator
+        if meta is not None and meta.on == "image":  # a whole-image density joins after stitching (_score_tiled)
+            meta = None
+        if meta is None and network is None:
             return None
-        from monitor.model.density import combine_maps, feature_function
+        from monitor.model.density import combine_maps, feature_function, join_map, resized_map
 
         gaussian = bundle.density
-        features = feature_function(bundle.model, gaussian.features, gaussian.colour_sigma)
+        features = None if meta is None else feature_function(bundle.model, gaussian.features, gaussian.colour_sigma)
+        defects, score_fn = bundle.discriminator, bundle.score_function()
+        # a mean-type score (no density) is joined by its image score; its map is only shown beside the network's
+        mean_type = meta is None and network is not None and network.map_norm is not None
 
-        def combine(x: tf.Tensor, residual: tf.Tensor) -> tf.Tensor:
-            distances = gaussian.distance_map(features(x))
-            return combine_maps(residual, distances, meta.residual_norm, meta.density_norm)
+        def combine(x: tf.Tensor, residual: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            maps = residual
+            if features is not None:
+                maps = combine_maps(residual, gaussian.distance_map(features(x)), meta.residual_norm,
+                                    meta.density_norm)
+            if network is None:
+                return maps, tf.reduce_max(maps, axis=[1, 2])
+            cells = defects(x, training=False)[..., 0]
+            if not mean_type:
+                maps = join_map(maps, cells, network.base_norm, network.norm)
+                return maps, tf.reduce_max(maps, axis=[1, 2])
+            shown = join_map(maps, cells, network.map_norm, network.norm)
+            base = (score_fn.reduce(maps) - network.base_offset) / network.base_scale
+            found = tf.reduce_max(resized_map(cells, (maps.shape[1], maps.shape[2]), network.norm), axis=[1, 2])
+            return shown, tf.maximum(base, found)
 
         return combine
 
@@ -223,8 +241,8 @@ class BatchScorer:
             r = model(x, training=False)
             maps = score_fn.error_map(x, r)
             if combine is not None:
-                maps = combine(x, maps)
-                return r, maps, tf.reduce_max(maps, axis=[1, 2])
+                maps, scores = combine(x, maps)
+                return r, maps, scores
             return r, maps, score_fn.reduce(maps)
 
         return forward

@@ -157,6 +157,8 @@ _FACTORIES: dict[str, Callable[..., ScoreFunction]] = {
     "ssim_max": _ssim_max,
 }
 SCORE_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+# Scores that are their map's maximum: another normalised map can join them by a per-pixel maximum.
+MAX_SCORES: tuple[str, ...] = ("smooth_max", "residual_max", "ssim_max")
 
 
 def get_score(name: str, params: dict[str, Any] | None = None) -> ScoreFunction:

@@ -102,6 +102,8 @@ def training_options(args: argparse.Namespace) -> TrainOptions:
     flags.update({"report": False} if args.no_report else {})
     flags.update({"auto": False} if args.no_auto else {})
     flags.update({"allow_degenerate": True} if args.allow_degenerate else {})
+    if args.discriminator is not None:
+        flags["discriminator"] = args.discriminator
     layers += [(section, in_file), (flags, _flag_label)]
     return merge_options(layers)
 
@@ -286,6 +288,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-auto", action="store_true",
                    help="do not choose settings, architecture and score from the data: the fixed defaults (seed "
                         "architecture, 64x64 gray, mse) for every option not given")
+    network = p.add_mutually_exclusive_group()
+    network.add_argument("--discriminator", dest="discriminator", action="store_const", const=True, default=None,
+                         help="try a defect network trained on synthetic defects with any max-type score (by "
+                              "default it is tried whenever the score is chosen from the data)")
+    network.add_argument("--no-discriminator", dest="discriminator", action="store_const", const=False,
+                         help="never join a defect network to the score")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--feedback", action="append", metavar="JOURNAL_OR_EXPORT",
                    help="labelled verdicts (a journal, its rotated files read too, or a `monitor labels export` "

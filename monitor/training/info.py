@@ -31,6 +31,27 @@ def _density(bundle: Bundle) -> str:
             f"{density.residual_offset:.4g}, scale {density.residual_scale:.4g}; {how} of the two)")
 
 
+def _discriminator(bundle: Bundle) -> str:
+    network = bundle.sidecar.discriminator
+    if network is None:
+        return ""
+    base = ("already normalised" if network.base_norm is None else
+            f"normalised with offset {network.base_offset:.4g}, scale {network.base_scale:.4g}")
+    return (f"; joined by a defect network ({network.file}: logits per 4x4 cell, offset {network.offset:.4g}, "
+            f"scale {network.scale:.4g}; the score without it {base}): image score = the larger of the two")
+
+
+def _network_decision(decision: dict) -> str:
+    if "why" in decision:
+        return f"network     not tried: {decision['why']}"
+    without, with_ = decision["without"]["unseen"], decision["with"]["unseen"]
+    return (f"network     {'joined' if decision['used'] else 'left out'}: trained {decision.get('seconds')} s on "
+            f"{decision.get('samples')} inputs with synthetic {', '.join(decision['trained_on'])}; on "
+            f"{', '.join(decision['judged_on'])} (never seen) AUROC {without['auroc']:.4f} without, "
+            f"{with_['auroc']:.4f} with it, detection {without['detection_rate']:.0%} -> "
+            f"{with_['detection_rate']:.0%}")
+
+
 def _choices(training: dict) -> list[str]:
     """What `monitor train` chose from the data, and why; the score chosen on synthetic defects."""
     lines = []
@@ -45,6 +66,9 @@ def _choices(training: dict) -> list[str]:
                      f"{selection['auroc']:.4f} on {selection['normal_inputs']} held-out normal inputs vs "
                      f"{selection['synthetic_defects']} synthetic defects; expected detection rate "
                      f"{selection['expected_detection_rate']:.0%} ({rates})")
+    decision = (selection or {}).get("discriminator") or training.get("discriminator")
+    if decision:
+        lines.append(_network_decision(decision))
     health = training.get("health")
     if health:
         lines.append("health      " + ("ok" if health.get("ok") else "; ".join(health.get("problems", []))))
@@ -64,7 +88,8 @@ def format_info(bundle: Bundle) -> str:
            if bundle.uint16_white else ""),
         f"preprocess  {', '.join(f'{k}={v}' for k, v in (m.get('preprocessing') or {}).items())}",
         f"tiling      {_tiling(bundle)}",
-        f"score       {bundle.score_name} {bundle.score_params or ''}".rstrip() + _density(bundle),
+        f"score       {bundle.score_name} {bundle.score_params or ''}".rstrip() + _density(bundle)
+        + _discriminator(bundle),
         f"threshold   {bundle.default_threshold:.6g} = margin {bundle.threshold_margin} x quantile "
         f"{bundle.threshold_quantile} of {len(cal)} calibration scores"
         + (f" ({thr['method']})" if thr.get("method") else ""),

@@ -112,6 +112,10 @@ class TrainOptions(StrictModel):
     # Save a model that fails the health check (monitor/training/health.py) instead of refusing it; the
     # problems are still logged and recorded in the bundle. For quick experiments, never for a line.
     allow_degenerate: bool = False
+    # A defect network trained on synthetic defects, joined to the chosen score when it detects defects of
+    # families it never saw at least as well (monitor/training/discriminator.py). None: tried whenever the
+    # score was chosen from the data; True: tried with any score that is a map's maximum; False: never.
+    discriminator: bool | None = None
     quiet: bool = False
     # Tiling (monitor/model/tiling.py): with `scale` set, images are resized by it to the working resolution
     # and scored in overlapping tiles of `tile` (the model input), image score = worst tile; the model

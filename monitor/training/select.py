@@ -27,14 +27,14 @@ import numpy as np
 import tensorflow as tf
 
 from monitor.model.density import FEATURE_SOURCES, FeatureGaussian, combine_maps, features_of, normaliser
-from monitor.model.scores import get_score
+from monitor.model.scores import MAX_SCORES, get_score
 from monitor.training.quality import auroc, average_precision
 
 log = logging.getLogger(__name__)
 
 RESIDUAL_SCORES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("mse", {}), ("smooth_max", {"sigma": 2.0}), ("residual_max", {"sigma": 2.0}), ("ssim_max", {}))
-COMBINABLE = ("smooth_max", "residual_max", "ssim_max")  # max-type: the combined score is a map's maximum
+COMBINABLE = MAX_SCORES  # max-type: the combined score is a map's maximum
 # 1-SSIM compares local structure normalised by local contrast, so it is blind to a change of brightness or of
 # content that is itself well formed (a digit that is the wrong digit: AUROC 0.94 where every other score read
 # 0.98-1.0, while synthetic local defects ranked it first). It is a candidate only next to a density, which

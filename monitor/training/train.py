@@ -452,7 +452,8 @@ def calibrate(bundle: Bundle, val_x: np.ndarray, calibration_images: list[np.nda
     meta["calibration"] = {**meta["calibration"], "scores": [float(v) for v in cal]}
     threshold = meta["threshold"]
     meta["threshold"] = {**threshold, "value": default_threshold(cal, threshold["quantile"], threshold["margin"])}
-    return Bundle(path=bundle.path, model=bundle.model, meta=meta, density=bundle.density)
+    return Bundle(path=bundle.path, model=bundle.model, meta=meta, density=bundle.density,
+                  discriminator=bundle.discriminator)
 
 
 def _tiled_sets(images: list[np.ndarray], train_idx: np.ndarray, val_idx: np.ndarray, options: TrainOptions,
@@ -530,7 +531,7 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
     from monitor.training.defects import defect_set
     from monitor.training.select import best_first, rank_scores
 
-    min_px = max(2, round(4 * (options.scale or 1.0)))  # a 4-px defect of the original, at working resolution
+    min_px = _min_defect_px(options)
     defects = defect_set(list(val_x), max(SELECTION_DEFECTS, len(val_x)), rng, min_size_px=min_px)
     defect_x = np.stack([d.image for d in defects])
     families = [d.family for d in defects]
@@ -593,6 +594,59 @@ def _select(results: list[tuple[TrainOptions, Bundle, dict]], train_x: np.ndarra
         rates = ", ".join(f"{k} {v:.0%}" for k, v in best.per_family.items())
         progress(f"chose {record['chosen']}: expected detection rate {best.detection_rate:.0%} ({rates})")
     return (opts, bundle, history), record
+
+
+def _min_defect_px(options: TrainOptions) -> int:
+    """The smallest synthetic defect: 4 px of the original image, at working resolution."""
+    return max(2, round(4 * (options.scale or 1.0)))
+
+
+def _with_discriminator(bundle: Bundle, train_x: np.ndarray | TileCrops, val_x: np.ndarray, options: TrainOptions,
+                        calibration: list[np.ndarray] | None, rng: np.random.Generator,
+                        progress: ProgressFn | None) -> tuple[Bundle, dict | None]:
+    """The bundle with a defect network joined to its score when it earns its place (discriminator.py), and
+    the record of the decision; the bundle as it was, and why, when it cannot join."""
+    from monitor.training import discriminator as network_
+    from monitor.training.select import TIE
+
+    sidecar = bundle.sidecar
+    why = None
+    if sidecar.density is not None and sidecar.density.on == "image":
+        why = "the score is a whole-image density, added after the tiles are stitched"
+    elif 2 * _min_defect_px(options) > min(val_x.shape[1:3]):
+        why = f"inputs of {val_x.shape[1]}x{val_x.shape[2]} are too small for synthetic defects"
+    if why is not None:
+        log.info("discriminator_skipped reason=%r", why)
+        return bundle, {"used": False, "why": why}
+    h, w = val_x.shape[1:3]
+    planned = options.epochs * (options.samples_per_epoch or len(train_x))
+    samples = network_.training_samples(h * w, planned)
+    if progress:
+        progress(f"training a defect network on {samples} inputs, half with synthetic defects of "
+                 f"{', '.join(network_.TRAINED_ON)}")
+    start = time.monotonic()
+    draw = train_x.draw if isinstance(train_x, TileCrops) else (lambda _: train_x)
+    network = network_.train_discriminator(draw, samples, rng, _min_defect_px(options), progress)
+    section, record = network_.judge(bundle, network, val_x, _min_defect_px(options), rng,
+                                     max(SELECTION_DEFECTS, len(val_x)), options.quantile, TIE)
+    # the threshold without it, so that the score with and without the network can be compared on labelled data
+    record.update({"samples": samples, "seconds": round(time.monotonic() - start, 1),
+                   "calibration_without": list(bundle.meta["calibration"]["scores"])})
+    unseen = {k: record[k]["unseen"] for k in ("without", "with")}
+    log.info("discriminator_judged used=%s unseen_auroc_without=%.4f unseen_auroc_with=%.4f "
+             "unseen_detection_without=%.3f unseen_detection_with=%.3f seconds=%.1f", record["used"],
+             unseen["without"]["auroc"], unseen["with"]["auroc"], unseen["without"]["detection_rate"],
+             unseen["with"]["detection_rate"], record["seconds"])
+    if progress:
+        progress(f"defect network on synthetic defects it never saw ({', '.join(network_.HELD_OUT)}): AUROC "
+                 f"{unseen['without']['auroc']:.4f} without, {unseen['with']['auroc']:.4f} with it; detects "
+                 f"{unseen['without']['detection_rate']:.0%} without, {unseen['with']['detection_rate']:.0%} "
+                 f"with it; {'joins the score' if record['used'] else 'left out'}")
+    if section is None:
+        return bundle, record
+    meta = {**bundle.meta, "discriminator": section}
+    return calibrate(Bundle(path=bundle.path, model=bundle.model, meta=meta, density=bundle.density,
+                            discriminator=network), val_x, calibration), record
 
 
 def _healthy(results: list[tuple[TrainOptions, Bundle, dict]]) -> list[tuple[TrainOptions, Bundle, dict]]:
@@ -710,12 +764,20 @@ def train_bundle(data_dir: Path, out_dir: Path, options: TrainOptions | None = N
                                                         progress, fixed_score="score" in explicit)
     else:
         options, bundle, history = results[0]
+    if options.discriminator or (options.discriminator is None and selection is not None
+                                 and "score" not in explicit):
+        bundle, decision = _with_discriminator(bundle, train_x, val_x, options, calibration, rng, progress)
+        if selection is not None:
+            selection["discriminator"] = decision
+        else:
+            bundle.meta["training"]["discriminator"] = decision
     bundle.meta["training"].update({k: v for k, v in (("auto", auto_record), ("selection", selection)) if v})
     if white is not None:
         # Only now: training scored the stretched copies; the daemon stretches raw files by this level instead.
         bundle.meta["input"] = {**bundle.meta["input"], "uint16_white": white}
     try:
-        saved = save_bundle(out_dir, bundle.model, bundle.meta, density=bundle.density)
+        saved = save_bundle(out_dir, bundle.model, bundle.meta, density=bundle.density,
+                            discriminator=bundle.discriminator)
     except OSError as exc:  # the folder was checked at the start: a disk filled or a folder removed meanwhile
         raise BundleError(f"{out_dir}: the trained model could not be saved: {exc}") from exc
     if options.report:
