@@ -246,3 +246,13 @@ def test_a_tiled_bundle_joins_the_network_in_every_tile_and_scores_its_worst(til
     per_tile = scorer.score_inputs(tiles).scores
     assert scorer.score([image]).scores[0] == pytest.approx(per_tile.max(), rel=1e-5)
     assert scorer.score([image]).error_maps[0].shape == work.shape[:2]
+
+
+def test_the_report_says_the_network_joined_and_by_which_rule(joined_bundle):
+    from monitor.training.report import settings_summary
+
+    meta = json.loads((joined_bundle / "bundle.json").read_text())
+    meta["training"]["discriminator"] = {"used": True, "rule": "joins when ..."}
+    text = settings_summary(meta)
+    assert "defect net   a network trained on synthetic defects joined to the score" in text
+    assert "defect network: joined: joins when ..." in text

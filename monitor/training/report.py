@@ -154,6 +154,14 @@ def settings_summary(meta: Mapping[str, Any]) -> str:
     if density:
         lines.insert(4, f"density      {density.get('mode')} feature Gaussian combined with the residual "
                         "(per-pixel maximum of the normalised maps)")
+    network = meta.get("discriminator") or {}
+    if network:
+        lines.insert(5 if density else 4, "defect net   a network trained on synthetic defects joined to the score "
+                                          "(the larger of the two normalised scores)")
+    decision = selection.get("discriminator") or training.get("discriminator") or {}
+    if decision:
+        lines += ["", "defect network: " + ("joined" if decision.get("used") else "left out") + ": "
+                  + (decision["why"] if "why" in decision else decision["rule"])]
     health = training.get("health") or {}
     if health:
         lines += ["", f"model health: {'ok' if health.get('ok') else 'PROBLEMS'}",
@@ -172,7 +180,7 @@ def write_training_report(bundle: Bundle, history: dict[str, list[float]], val_x
     plot_loss_curve(history, folder / "loss_curve.png", bundle.meta.get("training", {}).get("best_epoch"),
                     loss=(bundle.meta.get("architecture") or {}).get("loss"))
     plot_score_histogram(folder / "validation_scores.png", bundle.default_threshold,
-                         bundle.calibration_scores, score_name=bundle.score_name,
+                         bundle.calibration_scores, score_name=bundle.score_label,
                          title=f"Validation scores, threshold = {bundle.threshold_margin} x "
                                f"q{bundle.threshold_quantile}" + tiled, score_params=bundle.score_params)
     (folder / "settings.txt").write_text(settings_summary(bundle.meta))
