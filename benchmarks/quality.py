@@ -250,9 +250,9 @@ def _scored(bundle: Any, split: Split) -> tuple[np.ndarray, float]:
 def without_discriminator(bundle: Any) -> Any:
     """The bundle as it was before its defect network joined (None: it has none)."""
     from monitor.model.bundle import Bundle
+    from monitor.training.discriminator import decision_of
 
-    training = bundle.meta.get("training") or {}
-    decision = (training.get("selection") or {}).get("discriminator") or training.get("discriminator") or {}
+    decision = decision_of(bundle.meta.get("training") or {}) or {}
     if bundle.sidecar.discriminator is None or "calibration_without" not in decision:
         return None
     meta = {k: v for k, v in bundle.meta.items() if k != "discriminator"}

@@ -256,18 +256,14 @@ def combine_maps(residual_map: tf.Tensor, density_map: tf.Tensor, residual: Norm
     its own distribution on validation images keeps either from dominating by its units; the maximum says
     "anomalous" when either does, and it is what the evidence heat map shows.
     """
-    size = (residual_map.shape[1], residual_map.shape[2])
-    up = density_map
-    if (density_map.shape[1], density_map.shape[2]) != size:
-        up = tf.image.resize(density_map[..., None], size, method="bilinear")[..., 0]
-    z = (up - density[0]) / density[1]
     if residual is None:
-        return z
-    return tf.maximum((residual_map - residual[0]) / residual[1], z)
+        return resized_map(density_map, (residual_map.shape[1], residual_map.shape[2]), density)
+    return join_map(residual_map, density_map, residual, density)
 
 
 def resized_map(other_map: tf.Tensor, size: tuple[int, int], norm: Norm) -> tf.Tensor:
-    """N x h x w cells (a defect network's) resized to `size`, bilinear, and normalised by `norm`."""
+    """N x h x w maps (a density's locations, a defect network's cells) resized to `size`, bilinear, and
+    normalised by `norm`."""
     up = other_map
     if (other_map.shape[1], other_map.shape[2]) != tuple(size):
         up = tf.image.resize(other_map[..., None], size, method="bilinear")[..., 0]

@@ -290,8 +290,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "architecture, 64x64 gray, mse) for every option not given")
     network = p.add_mutually_exclusive_group()
     network.add_argument("--discriminator", dest="discriminator", action="store_const", const=True, default=None,
-                         help="try a defect network trained on synthetic defects with any max-type score (by "
-                              "default it is tried whenever the score is chosen from the data)")
+                         help="try a defect network trained on synthetic defects with any score, a given one too "
+                              "(by default it is tried whenever the score is chosen from the data)")
     network.add_argument("--no-discriminator", dest="discriminator", action="store_const", const=False,
                          help="never join a defect network to the score")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

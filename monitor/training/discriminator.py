@@ -131,6 +131,12 @@ def discriminator_maps(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray
     return np.concatenate(out)
 
 
+def decision_of(training: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of the decision in a sidecar's `training` section: under `selection` when the score was
+    chosen from the data, else beside it; None when no network was tried."""
+    return (training.get("selection") or {}).get("discriminator") or training.get("discriminator")
+
+
 def _maxima(maps: np.ndarray | list[np.ndarray]) -> np.ndarray:
     return np.array([float(np.max(m)) for m in maps], np.float64)
 

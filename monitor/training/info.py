@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from monitor.model.bundle import Bundle
+from monitor.training.discriminator import decision_of
 
 
 def _tiling(bundle: Bundle) -> str:
@@ -66,7 +67,7 @@ def _choices(training: dict) -> list[str]:
                      f"{selection['auroc']:.4f} on {selection['normal_inputs']} held-out normal inputs vs "
                      f"{selection['synthetic_defects']} synthetic defects; expected detection rate "
                      f"{selection['expected_detection_rate']:.0%} ({rates})")
-    decision = (selection or {}).get("discriminator") or training.get("discriminator")
+    decision = decision_of(training)
     if decision:
         lines.append(_network_decision(decision))
     health = training.get("health")

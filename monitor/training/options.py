@@ -114,7 +114,7 @@ class TrainOptions(StrictModel):
     allow_degenerate: bool = False
     # A defect network trained on synthetic defects, joined to the chosen score when it detects defects of
     # families it never saw at least as well (monitor/training/discriminator.py). None: tried whenever the
-    # score was chosen from the data; True: tried with any score that is a map's maximum; False: never.
+    # score was chosen from the data; True: tried with any score, a given one too; False: never.
     discriminator: bool | None = None
     quiet: bool = False
     # Tiling (monitor/model/tiling.py): with `scale` set, images are resized by it to the working resolution

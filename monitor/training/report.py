@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from monitor.model.bundle import Bundle  # noqa: E402
+from monitor.training.discriminator import decision_of  # noqa: E402
 
 REPORT_DIR = "report"
 
@@ -158,7 +159,7 @@ def settings_summary(meta: Mapping[str, Any]) -> str:
     if network:
         lines.insert(5 if density else 4, "defect net   a network trained on synthetic defects joined to the score "
                                           "(the larger of the two normalised scores)")
-    decision = selection.get("discriminator") or training.get("discriminator") or {}
+    decision = decision_of(training)
     if decision:
         lines += ["", "defect network: " + ("joined" if decision.get("used") else "left out") + ": "
                   + (decision["why"] if "why" in decision else decision["rule"])]

@@ -610,15 +610,16 @@ def _with_discriminator(bundle: Bundle, train_x: np.ndarray | TileCrops, val_x: 
     from monitor.training.select import TIE
 
     sidecar = bundle.sidecar
+    h, w = val_x.shape[1:3]
+    min_px = _min_defect_px(options)
     why = None
     if sidecar.density is not None and sidecar.density.on == "image":
         why = "the score is a whole-image density, added after the tiles are stitched"
-    elif 2 * _min_defect_px(options) > min(val_x.shape[1:3]):
-        why = f"inputs of {val_x.shape[1]}x{val_x.shape[2]} are too small for synthetic defects"
+    elif 2 * min_px > min(h, w):
+        why = f"inputs of {h}x{w} are too small for synthetic defects"
     if why is not None:
         log.info("discriminator_skipped reason=%r", why)
         return bundle, {"used": False, "why": why}
-    h, w = val_x.shape[1:3]
     planned = options.epochs * (options.samples_per_epoch or len(train_x))
     samples = network_.training_samples(h * w, planned)
     if progress:
@@ -626,8 +627,8 @@ def _with_discriminator(bundle: Bundle, train_x: np.ndarray | TileCrops, val_x: 
                  f"{', '.join(network_.TRAINED_ON)}")
     start = time.monotonic()
     draw = train_x.draw if isinstance(train_x, TileCrops) else (lambda _: train_x)
-    network = network_.train_discriminator(draw, samples, rng, _min_defect_px(options), progress)
-    section, record = network_.judge(bundle, network, val_x, _min_defect_px(options), rng,
+    network = network_.train_discriminator(draw, samples, rng, min_px, progress)
+    section, record = network_.judge(bundle, network, val_x, min_px, rng,
                                      max(SELECTION_DEFECTS, len(val_x)), options.quantile, TIE)
     # the threshold without it, so that the score with and without the network can be compared on labelled data
     record.update({"samples": samples, "seconds": round(time.monotonic() - start, 1),
