@@ -148,3 +148,82 @@ def test_the_whole_image_comparison_runs_on_strips_too_short_for_a_4_px_defect(t
     _, _, record = choose_image_level(bundle, (bundle.score_name, bundle.score_params), _works(strips, bundle),
                                       [im[40:44] for im in normal], np.random.default_rng(1))
     assert record["whole_image_defects"] == MIN_DEFECTS and record["image_size"] == [4, SIZE]
+
+
+@pytest.fixture(scope="module")
+def speck_network(parts):
+    """A defect network trained briefly on 32x32 crops of the parts (specks, lines, pasted patches, blurs)."""
+    from monitor.training.discriminator import train_discriminator
+
+    train, _, _ = parts
+    crops = np.stack([im[y:y + 32, x:x + 32] for im in train for y, x in ((0, 0), (32, 48), (64, 16))])
+    x = crops.astype(np.float32)[..., None] / 255
+    return train_discriminator(lambda _: x, 1_500, np.random.default_rng(2), min_px=2)
+
+
+def test_a_defect_network_joins_a_whole_image_density_on_the_whole_working_image(image_density_bundle, parts,
+                                                                                  speck_network, tmp_path):
+    from monitor.model.scorer import image_defect_maps
+
+    bundle, _, gaussian, _ = image_density_bundle
+    _, normal, anomalous = parts
+    meta = dict(bundle.meta)
+    meta["discriminator"] = {"file": "discriminator.keras", "offset": 0.5, "scale": 2.0}
+    joined = load_bundle(save_bundle(tmp_path / "b", bundle.model, meta, density=gaussian,
+                                     discriminator=speck_network).path)
+    images = normal[:3] + anomalous[:3]
+    density_maps = BatchScorer(bundle, 16).score(images).error_maps
+    # the network sees each whole working image once, not tile by tile
+    found = image_defect_maps(joined.discriminator, _works(images, joined), (0.5, 2.0))
+    scored = BatchScorer(joined, 16).score(images)
+    for got, d, f in zip(scored.error_maps, density_maps, found, strict=True):
+        assert got.shape == f.shape == (SIZE, SIZE)
+        np.testing.assert_allclose(got, np.maximum(d, f), atol=1e-4)
+    np.testing.assert_allclose(scored.scores, [m.max() for m in scored.error_maps], atol=1e-6)
+    assert joined.score_label.endswith("+discriminator")
+
+
+def test_the_network_maps_each_whole_working_image_at_its_own_size(speck_network, parts):
+    from monitor.model.scorer import image_defect_maps
+
+    train, _, _ = parts
+    works = [train[0][..., None].astype(np.float32) / 255, train[1][:64, :80, None].astype(np.float32) / 255,
+             train[2][..., None].astype(np.float32) / 255]
+    together = image_defect_maps(speck_network, works, (0.0, 1.0))
+    assert [m.shape for m in together] == [(SIZE, SIZE), (64, 80), (SIZE, SIZE)]
+    for work, m in zip(works, together, strict=True):  # sharing a call with images of its shape changes nothing
+        np.testing.assert_allclose(image_defect_maps(speck_network, [work], (0.0, 1.0))[0], m, atol=1e-5)
+
+
+def test_the_network_joins_a_whole_image_density_only_when_judged_on_whole_images(image_density_bundle, parts,
+                                                                                  speck_network):
+    from monitor.training.discriminator import HELD_OUT, judge
+
+    bundle, _, _, _ = image_density_bundle
+    _, normal, _ = parts
+    section, record = judge(bundle, speck_network, normal, 4, np.random.default_rng(3), 40, 0.99, 0.005)
+    assert record["whole_images"] and record["normal_inputs"] == len(normal)
+    assert set(record["with"]["unseen"]["per_family"]) <= set(HELD_OUT)
+    with_, without = record["with"]["unseen"]["auroc"], record["without"]["unseen"]["auroc"]
+    assert record["used"] == (with_ >= without - 0.005) == (section is not None)
+    if section is not None:  # the density's map is normalised already
+        assert section["base_scale"] is None and section["scale"] > 0
+
+
+def test_training_judges_a_network_for_a_whole_image_density_on_whole_held_out_images(image_density_bundle,
+                                                                                      parts):
+    from monitor.training.train import TrainOptions, _with_discriminator
+
+    bundle, _, _, _ = image_density_bundle
+    train, normal, _ = parts
+    crops = np.stack([im[y:y + 32, x:x + 32] for im in train for y, x in ((0, 0), (40, 40))])
+    tiles = crops.astype(np.float32)[..., None] / 255
+    options = TrainOptions(scale=1.0, tile=(32, 32), epochs=10, quiet=True, report=False)
+    joined, record = _with_discriminator(bundle, tiles, tiles[:20], options, normal, np.random.default_rng(4),
+                                         None)
+    assert record["whole_images"] and record["normal_inputs"] == len(normal)
+    assert (joined.discriminator is not None) == record["used"]
+    if record["used"]:  # calibrated again, on the whole held-out images, with the network
+        assert joined.meta["calibration"]["scores"] != record["calibration_without"]
+    else:
+        assert joined is bundle

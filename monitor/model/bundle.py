@@ -185,7 +185,8 @@ class DiscriminatorMeta(StrictModel):
     without the network, normalised by (base_offset, base_scale) unless it already is (a density score). When
     that score is a map's maximum, the shown map is the per-pixel maximum of the two normalised maps, and its
     maximum is the image score; for a mean-type score (mse) the score's map is normalised for showing by its
-    own (map_offset, map_scale).
+    own (map_offset, map_scale). With a whole-image density (`on: image`) the network runs on the whole working
+    image and joins the stitched, combined map.
     """
 
     file: str = "discriminator.keras"
@@ -273,9 +274,6 @@ class BundleMeta(_Section):
     def _discriminator_joins_a_map(self) -> BundleMeta:
         if self.discriminator is None:
             return self
-        if self.density is not None and self.density.on == "image":
-            raise ValueError("discriminator: cannot join a whole-image density (on: image), which is added "
-                             "after the tiles are stitched")
         if self.density is None and self.discriminator.base_scale is None:
             raise ValueError("discriminator: base_scale is needed to normalise a residual score")
         if self.density is None and self.score.name not in MAX_SCORES and self.discriminator.map_scale is None:

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from monitor.model.backends import LABELS, BackendUnavailable, compile_forward, openvino_available
 from monitor.model.bundle import Bundle, BundleError
-from monitor.model.density import image_density_maps
+from monitor.model.density import image_density_maps, resized_map
 from monitor.model.preprocess import to_model_batch, to_working_image
 from monitor.model.tiling import TileCanvas, pad, tile_grid, working_size
 
@@ -92,6 +92,26 @@ def combine_image_maps(residual_maps: list[np.ndarray], density_maps: list[np.nd
     offset, scale = residual_norm
     return [np.maximum((r - offset) / scale, d).astype(np.float32)
             for r, d in zip(residual_maps, density_maps, strict=True)]
+
+
+def image_defect_maps(network: Any, works: list[np.ndarray], norm: tuple[float, float],
+                      batch: int = 8) -> list[np.ndarray]:
+    """Each working image's defect-network map, normalised by `norm`, at that image's own size.
+
+    The network is fully convolutional, so it runs on the whole working image, as a whole-image density does:
+    images of one shape share a call (a line's camera gives one shape).
+    """
+    maps: list[np.ndarray | None] = [None] * len(works)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, work in enumerate(works):
+        by_shape.setdefault(work.shape, []).append(i)
+    for shape, members in by_shape.items():
+        for start in range(0, len(members), batch):
+            part = members[start:start + batch]
+            cells = network(tf.constant(np.stack([works[i] for i in part])), training=False)[..., 0]
+            for i, m in zip(part, resized_map(cells, shape[:2], norm).numpy(), strict=True):
+                maps[i] = m.astype(np.float32)
+    return maps  # type: ignore[return-value]
 
 
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
@@ -196,8 +216,8 @@ class BatchScorer:
         """(x, residual map) -> (the combined map, image scores), when the bundle has a density or a defect
         network; else None."""
         meta, network = bundle.sidecar.density, bundle.sidecar.discriminator
-        if meta is not None and meta.on == "image":  # a whole-image density joins after stitching (_score_tiled)
-            meta = None
+        if meta is not None and meta.on == "image":  # a whole-image density, and its network, join after
+            return None  # stitching (_score_tiled)
         if meta is None and network is None:
             return None
         from monitor.model.density import combine_maps, feature_function, join_map, resized_map
@@ -372,6 +392,9 @@ class BatchScorer:
         if density is not None and density.on == "image":
             maps = combine_image_maps(maps, image_density_maps(b.density, works, density.image_size,
                                                                density.density_norm), density.residual_norm)
+            if b.sidecar.discriminator is not None:  # on the whole working image, like the density it joins
+                found = image_defect_maps(b.discriminator, works, b.sidecar.discriminator.norm)
+                maps = [np.maximum(m, d) for m, d in zip(maps, found, strict=True)]
             scores = np.array([float(m.max()) for m in maps], np.float64)
         return ScoredBatch(inputs=works, reconstructions=[c.mean() for c in canvases], error_maps=maps,
                            scores=scores, tiles=np.array([len(g) for g in grids], np.int64))

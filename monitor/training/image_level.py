@@ -37,11 +37,17 @@ MIN_DEFECTS = 60
 COMPARE_IMAGES = 40
 
 
-def _at_most(items: list[np.ndarray], k: int, rng: np.random.Generator) -> list[np.ndarray]:
+def at_most(items: list[np.ndarray], k: int, rng: np.random.Generator) -> list[np.ndarray]:
     """`items`, or a random `k` of them in their order when there are more."""
     if len(items) <= k:
         return items
     return [items[i] for i in np.sort(rng.choice(len(items), k, replace=False))]
+
+
+def whole_image_min_px(images: list[np.ndarray]) -> int:
+    """The smallest synthetic defect on whole decoded images: 4 original pixels, where the images allow one."""
+    # a defect needs twice its size on each side: a line camera's strips of 4 px stopped training here
+    return max(1, min(4, min(min(im.shape[:2]) for im in images) // 2))
 
 
 def _scored(bundle: Bundle, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -73,10 +79,8 @@ def choose_image_level(bundle: Bundle, residual_score: tuple[str, dict[str, Any]
 
     assert bundle.tiling is not None
     scale, channels = bundle.tiling.scale, bundle.channels
-    normal_images = _at_most(normal_images, COMPARE_IMAGES, rng)
-    # A defect of 4 original pixels, where the images allow one (a defect needs twice its size on each side):
-    # a line camera's strips of 4 px stopped training here.
-    min_px = max(1, min(4, min(min(im.shape[:2]) for im in normal_images) // 2))
+    normal_images = at_most(normal_images, COMPARE_IMAGES, rng)
+    min_px = whole_image_min_px(normal_images)
     defects = defect_set(normal_images, max(MIN_DEFECTS, 2 * len(normal_images)), rng, min_size_px=min_px)
     defect_images = [d.image for d in defects]
     base_n, _ = _scored(bundle, normal_images)
@@ -90,7 +94,7 @@ def choose_image_level(bundle: Bundle, residual_score: tuple[str, dict[str, Any]
     _, maps_d = _scored(residual_bundle, defect_images)
     residual_norm = normaliser(np.array([m.max() for m in maps_n]))
 
-    train_works = _at_most(train_works, FIT_IMAGES, rng)
+    train_works = at_most(train_works, FIT_IMAGES, rng)
     size = (int(np.median([w.shape[0] for w in train_works])), int(np.median([w.shape[1] for w in train_works])))
     features = image_features(train_works, size)
     works_n = [to_working_image(im, scale, channels) for im in normal_images]

@@ -607,17 +607,15 @@ def _with_discriminator(bundle: Bundle, train_x: np.ndarray | TileCrops, val_x: 
     """The bundle with a defect network joined to its score when it earns its place (discriminator.py), and
     the record of the decision; the bundle as it was, and why, when it cannot join."""
     from monitor.training import discriminator as network_
+    from monitor.training.image_level import COMPARE_IMAGES, MIN_DEFECTS, at_most, whole_image_min_px
     from monitor.training.select import TIE
 
     sidecar = bundle.sidecar
     h, w = val_x.shape[1:3]
     min_px = _min_defect_px(options)
-    why = None
-    if sidecar.density is not None and sidecar.density.on == "image":
-        why = "the score is a whole-image density, added after the tiles are stitched"
-    elif 2 * min_px > min(h, w):
+    whole = sidecar.density is not None and sidecar.density.on == "image"
+    if not whole and 2 * min_px > min(h, w):
         why = f"inputs of {h}x{w} are too small for synthetic defects"
-    if why is not None:
         log.info("discriminator_skipped reason=%r", why)
         return bundle, {"used": False, "why": why}
     planned = options.epochs * (options.samples_per_epoch or len(train_x))
@@ -628,8 +626,14 @@ def _with_discriminator(bundle: Bundle, train_x: np.ndarray | TileCrops, val_x: 
     start = time.monotonic()
     draw = train_x.draw if isinstance(train_x, TileCrops) else (lambda _: train_x)
     network = network_.train_discriminator(draw, samples, rng, min_px, progress)
-    section, record = network_.judge(bundle, network, val_x, min_px, rng,
-                                     max(SELECTION_DEFECTS, len(val_x)), options.quantile, TIE)
+    if whole:  # judged as the whole-image density was chosen: whole held-out images, through the tiled scorer
+        assert calibration is not None
+        normal = at_most(calibration, COMPARE_IMAGES, rng)
+        section, record = network_.judge(bundle, network, normal, whole_image_min_px(normal), rng,
+                                         max(MIN_DEFECTS, 2 * len(normal)), options.quantile, TIE)
+    else:
+        section, record = network_.judge(bundle, network, val_x, min_px, rng,
+                                         max(SELECTION_DEFECTS, len(val_x)), options.quantile, TIE)
     # the threshold without it, so that the score with and without the network can be compared on labelled data
     record.update({"samples": samples, "seconds": round(time.monotonic() - start, 1),
                    "calibration_without": list(bundle.meta["calibration"]["scores"])})
