@@ -183,6 +183,18 @@ def test_a_defect_network_joins_a_whole_image_density_on_the_whole_working_image
     assert joined.score_label.endswith("+discriminator")
 
 
+def test_info_says_the_network_runs_on_the_whole_working_image(image_density_bundle, speck_network, tmp_path,
+                                                                 capsys):
+    from monitor.cli import main
+
+    bundle, _, gaussian, _ = image_density_bundle
+    meta = dict(bundle.meta)
+    meta["discriminator"] = {"file": "discriminator.keras", "offset": 0.5, "scale": 2.0}
+    save_bundle(tmp_path / "b", bundle.model, meta, density=gaussian, discriminator=speck_network)
+    assert main(["info", str(tmp_path / "b")]) == 0
+    assert "logits per 4x4 cell of the whole working image" in capsys.readouterr().out
+
+
 def test_the_network_maps_each_whole_working_image_at_its_own_size(speck_network, parts):
     from monitor.model.scorer import image_defect_maps
 
