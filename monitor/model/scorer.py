@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from monitor.model.backends import LABELS, BackendUnavailable, compile_forward, openvino_available
 from monitor.model.bundle import Bundle, BundleError
-from monitor.model.density import image_density_maps, resized_map
+from monitor.model.density import IMAGE_CHUNK_PIXELS, image_density_maps, resized_map
 from monitor.model.preprocess import to_model_batch, to_working_image
 from monitor.model.tiling import TileCanvas, pad, tile_grid, working_size
 
@@ -95,19 +95,21 @@ def combine_image_maps(residual_maps: list[np.ndarray], density_maps: list[np.nd
 
 
 def image_defect_maps(network: Any, works: list[np.ndarray], norm: tuple[float, float],
-                      batch: int = 8) -> list[np.ndarray]:
+                      batch: int | None = None) -> list[np.ndarray]:
     """Each working image's defect-network map, normalised by `norm`, at that image's own size.
 
     The network is fully convolutional, so it runs on the whole working image, as a whole-image density does:
-    images of one shape share a call (a line's camera gives one shape).
+    images of one shape share a call (a line's camera gives one shape), as many as IMAGE_CHUNK_PIXELS allows by
+    default (at most 16), since its first layer holds 16 floats per working pixel.
     """
     maps: list[np.ndarray | None] = [None] * len(works)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, work in enumerate(works):
         by_shape.setdefault(work.shape, []).append(i)
     for shape, members in by_shape.items():
-        for start in range(0, len(members), batch):
-            part = members[start:start + batch]
+        per_call = batch or max(1, min(16, IMAGE_CHUNK_PIXELS // (shape[0] * shape[1])))
+        for start in range(0, len(members), per_call):
+            part = members[start:start + per_call]
             cells = network(tf.constant(np.stack([works[i] for i in part])), training=False)[..., 0]
             for i, m in zip(part, resized_map(cells, shape[:2], norm).numpy(), strict=True):
                 maps[i] = m.astype(np.float32)
