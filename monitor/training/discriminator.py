@@ -152,9 +152,9 @@ def _maxima(maps: np.ndarray | list[np.ndarray]) -> np.ndarray:
 
 
 def _scored_inputs(bundle: Any, network: Any, sets: dict[str, list[np.ndarray]],
-                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Each set's ScoredBatch under `bundle` (model inputs, as the forward pass scores them) and the maxima of
-    the network's maps resized to the score's map, unnormalised."""
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[np.ndarray]]:
+    """(each set's scores under `bundle`, model inputs as the forward pass scores them; the maxima of the
+    network's maps resized to the score's map, unnormalised; the normal inputs' score maps)."""
     import tensorflow as tf
 
     from monitor.model.density import resized_map
@@ -165,26 +165,25 @@ def _scored_inputs(bundle: Any, network: Any, sets: dict[str, list[np.ndarray]],
     size = tuple(np.shape(scored["normal"].error_maps[0]))
     found = {k: _maxima(resized_map(tf.constant(discriminator_maps(network, np.stack(x))), size, (0.0, 1.0)).numpy())
              for k, x in sets.items()}
-    return scored, found
+    return ({k: np.asarray(v.scores, np.float64) for k, v in scored.items()}, found,
+            list(scored["normal"].error_maps))
 
 
 def _scored_whole(bundle: Any, network: Any, sets: dict[str, list[np.ndarray]],
-                  ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], None]:
     """As _scored_inputs, for whole decoded images through the tiled scorer, the network on each whole working
-    image (a bundle with a whole-image density)."""
-    from monitor.model.scorer import BatchScorer, ScoredBatch, image_defect_maps
+    image (a bundle with a whole-image density: its maps are normalised already, so none are kept). A call
+    group at a time: a 2 MP image's working image, maps and reconstruction are megabytes each."""
+    from monitor.model.scorer import BatchScorer, image_defect_maps
 
     scorer = BatchScorer(bundle, max_batch=32)
-    scored, found = {}, {}
+    scores: dict[str, np.ndarray] = {}
+    found: dict[str, np.ndarray] = {}
     for k, images in sets.items():
-        out = [scorer.score(images[g]) for g in scorer.call_groups(images)]
-        works = [w for o in out for w in o.inputs]
-        scored[k] = ScoredBatch(inputs=works, reconstructions=[r for o in out for r in o.reconstructions],
-                                error_maps=[m for o in out for m in o.error_maps],
-                                scores=np.concatenate([o.scores for o in out]),
-                                tiles=np.concatenate([o.tiles for o in out]))
-        found[k] = _maxima(image_defect_maps(network, works, (0.0, 1.0)))
-    return scored, found
+        parts = [scorer.score(images[g]) for g in scorer.call_groups(images)]
+        scores[k] = np.concatenate([p.scores for p in parts]).astype(np.float64)
+        found[k] = np.concatenate([_maxima(image_defect_maps(network, list(p.inputs), (0.0, 1.0))) for p in parts])
+    return scores, found, None
 
 
 def judge(bundle: Any, network: Any, normal: np.ndarray | list[np.ndarray], min_px: int, rng: np.random.Generator,
@@ -210,13 +209,12 @@ def judge(bundle: Any, network: Any, normal: np.ndarray | list[np.ndarray], min_
         return None, {"used": False, "why": f"none of {', '.join(HELD_OUT)} shows on these images"}
     every = defect_set(list(normal), n_defects, rng, min_size_px=min_px)
     sets = {"normal": list(normal), "unseen": [d.image for d in unseen], "every": [d.image for d in every]}
-    scored, found = (_scored_whole if whole else _scored_inputs)(bundle, network, sets)
-    without = {k: np.asarray(v.scores, np.float64) for k, v in scored.items()}
+    without, found, normal_maps = (_scored_whole if whole else _scored_inputs)(bundle, network, sets)
     norm = normaliser(found["normal"])
     base_norm = None if density is not None else normaliser(without["normal"])
     map_norm = None
     if density is None and bundle.sidecar.score.name not in MAX_SCORES:
-        map_norm = normaliser(_maxima(scored["normal"].error_maps))
+        map_norm = normaliser(_maxima(normal_maps))
     joined = {k: np.maximum(v if base_norm is None else (v - base_norm[0]) / base_norm[1],
                             (found[k] - norm[0]) / norm[1]) for k, v in without.items()}
 
