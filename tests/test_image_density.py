@@ -242,7 +242,7 @@ def test_training_judges_a_network_for_a_whole_image_density_on_whole_held_out_i
 
 
 def test_the_network_takes_whole_images_in_calls_of_bounded_pixels(speck_network, parts, monkeypatch):
-    from monitor.model import scorer
+    from monitor.model import density, scorer
 
     calls = []
 
@@ -251,7 +251,7 @@ def test_the_network_takes_whole_images_in_calls_of_bounded_pixels(speck_network
         return speck_network(x, training=training)
 
     works = [im[..., None].astype(np.float32) / 255 for im in parts[0][:7]]
-    monkeypatch.setattr(scorer, "IMAGE_CHUNK_PIXELS", 3 * SIZE * SIZE)  # a large image's budget, in small
+    monkeypatch.setattr(density, "IMAGE_CHUNK_PIXELS", 3 * SIZE * SIZE)  # a large image's budget, in small
     maps = scorer.image_defect_maps(network, works, (0.0, 1.0))
     assert [c[0] for c in calls] == [3, 3, 1]
     np.testing.assert_allclose(np.stack(maps), np.stack(scorer.image_defect_maps(speck_network, works, (0.0, 1.0),

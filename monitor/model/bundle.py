@@ -286,6 +286,11 @@ class BundleMeta(_Section):
     def _model_file_name(cls, value: str) -> str:
         return _plain_file_name(value)
 
+    @property
+    def whole_image_density(self) -> bool:
+        """The score's density (and any defect network with it) joins after the tiles are stitched."""
+        return self.density is not None and self.density.on == "image"
+
 
 def parse_meta(meta: Any, where: str | Path) -> BundleMeta:
     """The validated sidecar; BundleError (one line: ``WHERE: key.path: message``) when it cannot be used."""

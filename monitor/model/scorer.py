@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from monitor.model.backends import LABELS, BackendUnavailable, compile_forward, openvino_available
 from monitor.model.bundle import Bundle, BundleError
-from monitor.model.density import IMAGE_CHUNK_PIXELS, image_density_maps, resized_map
+from monitor.model.density import image_density_maps, images_per_pass, resized_map
 from monitor.model.preprocess import to_model_batch, to_working_image
 from monitor.model.tiling import TileCanvas, pad, tile_grid, working_size
 
@@ -107,7 +107,7 @@ def image_defect_maps(network: Any, works: list[np.ndarray], norm: tuple[float, 
     for i, work in enumerate(works):
         by_shape.setdefault(work.shape, []).append(i)
     for shape, members in by_shape.items():
-        per_call = batch or max(1, min(16, IMAGE_CHUNK_PIXELS // (shape[0] * shape[1])))
+        per_call = batch or images_per_pass(shape[0], shape[1])
         for start in range(0, len(members), per_call):
             part = members[start:start + per_call]
             cells = network(tf.constant(np.stack([works[i] for i in part])), training=False)[..., 0]
@@ -218,8 +218,8 @@ class BatchScorer:
         """(x, residual map) -> (the combined map, image scores), when the bundle has a density or a defect
         network; else None."""
         meta, network = bundle.sidecar.density, bundle.sidecar.discriminator
-        if meta is not None and meta.on == "image":  # a whole-image density, and its network, join after
-            return None  # stitching (_score_tiled)
+        if bundle.sidecar.whole_image_density:  # it, and its network, join after stitching (_score_tiled)
+            return None
         if meta is None and network is None:
             return None
         from monitor.model.density import combine_maps, feature_function, join_map, resized_map
@@ -391,7 +391,7 @@ class BatchScorer:
         maps = [c.maximum() for c in canvases]
         scores = np.array([c.score() for c in canvases], np.float64)
         density = b.sidecar.density
-        if density is not None and density.on == "image":
+        if b.sidecar.whole_image_density:
             maps = combine_image_maps(maps, image_density_maps(b.density, works, density.image_size,
                                                                density.density_norm), density.residual_norm)
             if b.sidecar.discriminator is not None:  # on the whole working image, like the density it joins

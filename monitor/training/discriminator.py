@@ -201,7 +201,7 @@ def judge(bundle: Any, network: Any, normal: np.ndarray | list[np.ndarray], min_
     from monitor.training.quality import auroc
 
     density = bundle.sidecar.density
-    whole = density is not None and density.on == "image"
+    whole = bundle.sidecar.whole_image_density
     # a family that cannot show on an image falls back to a brightness blob (defects.py), which it has seen
     unseen = [d for d in defect_set(list(normal), n_defects, rng, families=HELD_OUT, min_size_px=min_px)
               if d.family in HELD_OUT]

@@ -38,8 +38,7 @@ def _discriminator(bundle: Bundle) -> str:
         return ""
     base = ("already normalised" if network.base_norm is None else
             f"normalised with offset {network.base_offset:.4g}, scale {network.base_scale:.4g}")
-    density = bundle.sidecar.density
-    where = " of the whole working image" if density is not None and density.on == "image" else ""
+    where = " of the whole working image" if bundle.sidecar.whole_image_density else ""
     return (f"; joined by a defect network ({network.file}: logits per 4x4 cell{where}, offset {network.offset:.4g}, "
             f"scale {network.scale:.4g}; the score without it {base}): image score = the larger of the two")
 

@@ -613,7 +613,7 @@ def _with_discriminator(bundle: Bundle, train_x: np.ndarray | TileCrops, val_x: 
     sidecar = bundle.sidecar
     h, w = val_x.shape[1:3]
     min_px = _min_defect_px(options)
-    whole = sidecar.density is not None and sidecar.density.on == "image"
+    whole = sidecar.whole_image_density
     if not whole and 2 * min_px > min(h, w):
         why = f"inputs of {h}x{w} are too small for synthetic defects"
         log.info("discriminator_skipped reason=%r", why)
@@ -629,11 +629,10 @@ def _with_discriminator(bundle: Bundle, train_x: np.ndarray | TileCrops, val_x: 
     if whole:  # judged as the whole-image density was chosen: whole held-out images, through the tiled scorer
         assert calibration is not None
         normal = at_most(calibration, COMPARE_IMAGES, rng)
-        section, record = network_.judge(bundle, network, normal, whole_image_min_px(normal), rng,
-                                         max(MIN_DEFECTS, 2 * len(normal)), options.quantile, TIE)
+        judge_px, n_defects = whole_image_min_px(normal), max(MIN_DEFECTS, 2 * len(normal))
     else:
-        section, record = network_.judge(bundle, network, val_x, min_px, rng,
-                                         max(SELECTION_DEFECTS, len(val_x)), options.quantile, TIE)
+        normal, judge_px, n_defects = val_x, min_px, max(SELECTION_DEFECTS, len(val_x))
+    section, record = network_.judge(bundle, network, normal, judge_px, rng, n_defects, options.quantile, TIE)
     # the threshold without it, so that the score with and without the network can be compared on labelled data
     record.update({"samples": samples, "seconds": round(time.monotonic() - start, 1),
                    "calibration_without": list(bundle.meta["calibration"]["scores"])})
