@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monitor import __version__, metrics, systemd
+from monitor import __version__, heap, metrics, systemd
 from monitor.batching import FrameQueue
 from monitor.config import Config, ConfigError, check_inputs, check_watched_folders, load_config
 from monitor.evidence import EvidenceStore, render_evidence
@@ -29,7 +30,7 @@ from monitor.model.scorer import ScoredBatch
 from monitor.modelset import LoadedModel, load_models, warm_rest
 from monitor.originals import OriginalStore
 from monitor.outputs import OutputGuard, OutputStopped
-from monitor.records import Frame, Region, SourceEvent, Verdict, new_verdict_id
+from monitor.records import Frame, Region, SourceEvent, Verdict, new_verdict_ids
 from monitor.region import locate
 from monitor.sources.base import NotPausable
 from monitor.sources.quarantine import Quarantine
@@ -40,6 +41,9 @@ from monitor.threshold import SavedWindow, Threshold, ThresholdState
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 5.0
+# After a reload, how long before the heap is frozen again (monitor/heap.py): the scorer takes the new pipeline
+# at its next batch, within max_wait_ms; until then its batch in hand keeps the old one alive.
+REFREEZE_AFTER_RELOAD_S = 2.0
 
 
 class StartupError(Exception):
@@ -267,13 +271,14 @@ class Daemon:
         self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._scorer_alive = time.monotonic()
         self._scorer = StoppableThread("scorer", self._score_loop)
-        self._warmer = StoppableThread("warm-buckets", lambda stop: warm_rest(models, stop))
+        self._warmer = StoppableThread("warm-buckets", self._warm)
         # Held by the scorer while it processes a batch: a reload swaps the pipeline only between batches.
         self._batch_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._stats: dict[str, SourceStats] = {}
         self._last_summary = time.monotonic()
+        self._refreeze_at: float | None = None  # monotonic: when the main loop freezes the heap after a reload
         self.metrics_port: int | None = None
         self.http: HttpServer | None = None
 
@@ -321,6 +326,7 @@ class Daemon:
         if alerts is not None:
             alerts.start()
             self.pipeline = dataclasses.replace(self.pipeline, alerts=alerts)
+        heap.freeze("start")  # before any pipeline thread runs: the one full pass stops nothing
         self._scorer.start()
         self._warmer.start()
         self.originals.start()
@@ -375,6 +381,9 @@ class Daemon:
                     systemd.notify("WATCHDOG=1")
                 next_ping = now + interval
             self._maybe_log_summary(now)
+            if self._refreeze_at is not None and now >= self._refreeze_at:
+                self._refreeze_at = None
+                heap.freeze("reload")  # one full pass: what the reload replaced is freed
             dead = self.sources.dead()
             if not self._scorer.alive or dead:
                 log.error("thread_died scorer_alive=%s dead_sources=%s", self._scorer.alive, ",".join(dead))
@@ -412,7 +421,17 @@ class Daemon:
         if self.http is not None:  # last: /metrics and /-/ready (503 now) answer until the end
             self.http.stop()
             self.http.join(JOIN_TIMEOUT_S)
+        heap.thaw()
         log.info("daemon_stopped")
+
+    def _warm(self, stop: threading.Event) -> None:
+        """The warm-buckets thread: trace the buckets `load_models` left, then freeze what the traces made.
+
+        The models are read from the pipeline, not held by the thread: a model a reload replaced must be freed.
+        """
+        warm_rest(self.pipeline.models, stop)
+        if not stop.is_set():
+            heap.freeze("buckets_warm")
 
     # --- reload ---------------------------------------------------------------------------------
     def reload(self) -> ReloadResult:
@@ -536,6 +555,10 @@ class Daemon:
         self.outputs.ok_status = ok_status(new_config)
         self._publish_pipeline_metrics(self.pipeline, old)
         swapped = sorted(n for n, m in models.items() if n not in old.models or old.models[n] is not m)
+        # The replaced models' and sources' objects were frozen: thawed now, so that they can be collected, and
+        # frozen again from the main loop once the scorer's batch in hand no longer holds the old pipeline.
+        heap.thaw()
+        self._refreeze_at = time.monotonic() + REFREEZE_AFTER_RELOAD_S
         return (f"sources_added={','.join(added) or 'none'} sources_removed={','.join(removed) or 'none'} "
                 f"sources_replaced={','.join(changed) or 'none'} models_loaded={','.join(swapped) or 'none'} "
                 f"alerts_rebuilt={'yes' if new_config.alerts != old.config.alerts else 'no'}")
@@ -709,17 +732,23 @@ class Daemon:
         share a model share its calls; a mixed batch makes smaller calls, each padded to its batch bucket.
         """
         groups: dict[str, tuple[LoadedModel, list[Frame]]] = {}
+        of_source: dict[str, LoadedModel] = {}  # a config lookup per source, not per frame
         for frame in frames:
-            model = pipeline.model_of(frame.source)
+            model = of_source.get(frame.source)
+            if model is None:
+                model = of_source[frame.source] = pipeline.model_of(frame.source)
             groups.setdefault(model.name, (model, []))[1].append(frame)
         return list(groups.values())
 
     def _process(self, pipeline: Pipeline, frames: list[Frame]) -> None:
-        accepted = [f for f in frames if pipeline.accepts(f)]
+        accepted = []
         for frame in frames:
-            if not pipeline.accepts(frame):  # a removed or replaced source's: never acknowledged
+            if pipeline.accepts(frame):
+                accepted.append(frame)
+            else:  # a removed or replaced source's: never acknowledged
                 metrics.FRAMES_DISCARDED.labels(frame.source).inc()
                 log.info("frame_discarded source=%s path=%s reason=source_reloaded", frame.source, frame.path)
+        verdict_ids = iter(new_verdict_ids(len(accepted)))
         verdicts: list[tuple[Frame, Verdict]] = []
         prepared: list = []  # alerts written to the outbox, handed to their sinks once the journal is synced
         alerts = pipeline.alerts
@@ -738,7 +767,7 @@ class Daemon:
                     boxes = self._locate(frame, scored, i, roi)
                     region = boxes[1] if boxes is not None else None
                     evidence = self._write_evidence(frame, scored, i, score, threshold, boxes, roi)
-                verdict_id = new_verdict_id()
+                verdict_id = next(verdict_ids)
                 original = self.originals.keep(frame, verdict_id, anomaly)
                 verdict = Verdict(source=frame.source, frame_time=frame.frame_time, scored_at=time.time(),
                                   score=score, threshold=threshold, anomaly=anomaly, path=frame.path,
@@ -773,8 +802,11 @@ class Daemon:
         shadow scorer that fails costs only the shadow verdicts (logged, counted), never the primary ones.
         """
         groups: dict[str, tuple[LoadedModel, list[tuple[Frame, Verdict]]]] = {}
+        of_source: dict[str, LoadedModel | None] = {}
         for frame, primary in verdicts:
-            model = pipeline.shadow_model_of(frame.source)
+            if frame.source not in of_source:
+                of_source[frame.source] = pipeline.shadow_model_of(frame.source)
+            model = of_source[frame.source]
             if model is not None:
                 groups.setdefault(model.name, (model, []))[1].append((frame, primary))
         shadows: list[Verdict] = []
@@ -808,7 +840,7 @@ class Daemon:
         by_source: dict[str, list[Verdict]] = {}
         for _, verdict in verdicts:
             by_source.setdefault(verdict.source, []).append(verdict)
-        by_model: dict[str, int] = {}
+        by_model: collections.Counter[str | None] = collections.Counter()
         debug = log.isEnabledFor(logging.DEBUG)
         for source, mine in by_source.items():
             anomalies = sum(v.anomaly for v in mine)
@@ -817,12 +849,12 @@ class Daemon:
                 metrics.ANOMALIES.labels(source).inc(anomalies)
             if len(mine) > anomalies:
                 metrics.IMAGES_SCORED.labels(source, "normal").inc(len(mine) - anomalies)
-            score, latency = metrics.SCORE.labels(source), metrics.END_TO_END_SECONDS.labels(source)
-            for verdict in mine:
-                score.observe(verdict.score)
-                # The journal's `time - frame_time`: file arrival or frame capture to verdict.
-                latency.observe(max(0.0, verdict.scored_at - verdict.frame_time))
-                by_model[verdict.model] = by_model.get(verdict.model, 0) + 1
+            metrics.observe_many(metrics.SCORE.labels(source), [v.score for v in mine])
+            # The journal's `time - frame_time`: file arrival or frame capture to verdict.
+            metrics.observe_many(metrics.END_TO_END_SECONDS.labels(source),
+                                 [max(0.0, v.scored_at - v.frame_time) for v in mine])
+            by_model.update(v.model for v in mine)
+            for verdict in mine if anomalies or debug else ():
                 if verdict.anomaly:
                     log.warning("anomaly source=%s path=%s score=%.6g threshold=%.6g evidence=%s model=%s", source,
                                 verdict.path, verdict.score, verdict.threshold, verdict.evidence, verdict.model)

@@ -6,6 +6,9 @@ Label values are bounded: source names, sink names, stages and reasons from fixe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -29,6 +32,33 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 def _name(short: str) -> str:
     return f"{PREFIX}_{short}"
+
+
+def observe_many(histogram: Histogram, values: Sequence[float] | np.ndarray) -> None:
+    """`histogram.observe(v)` for every value, each bucket moved once: what the scrape shows is the same.
+
+    A batch's scores and latencies go in together: observing them one by one (a lock and a linear search of 29
+    bounds each) cost the scorer's thread 7 µs per image on a line whose model is nearly free. This reads the
+    client's bucket bounds and values (private, stable since 0.4); a client without them gets `observe` per value.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(float(value))
+        return
+    amounts = np.asarray(values, np.float64).ravel()
+    if amounts.size == 0:
+        return
+    histogram._raise_if_not_observable()  # a parent (labelled) histogram raises here, as observe() does
+    # observe() puts a value in the first bucket whose bound is >= it: searchsorted's 'left' side. NaN matches
+    # no bound there and lands past the end here: counted in neither, summed in both.
+    counts = np.bincount(np.searchsorted(np.asarray(bounds, np.float64), amounts, side="left"),
+                         minlength=len(bounds) + 1)
+    total.inc(float(amounts.sum()))
+    for i in np.flatnonzero(counts[:len(bounds)]):
+        buckets[i].inc(int(counts[i]))
 
 
 # --- scoring -------------------------------------------------------------------------------

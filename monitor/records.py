@@ -88,6 +88,12 @@ def new_verdict_id() -> str:
     return os.urandom(16).hex()
 
 
+def new_verdict_ids(n: int) -> list[str]:
+    """`n` fresh verdict ids from one read of the kernel's random source (one system call per batch)."""
+    digits = os.urandom(16 * n).hex()
+    return [digits[i:i + 32] for i in range(0, 32 * n, 32)]
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The judgement of one frame: its score against the threshold of its source."""

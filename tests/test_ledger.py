@@ -1,7 +1,13 @@
 """The processed-files ledger survives restarts and cut lines, and stays as small as the folder."""
 
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from monitor.records import FileKey
 from monitor.sources.ledger import Ledger
+from monitor.sources.ledger import _line as ledger_line
 
 
 def test_ledger_remembers_across_reopen(tmp_path):
@@ -41,3 +47,15 @@ def test_a_batch_of_keys_is_one_line_each_and_remembered_across_reopen(tmp_path)
     assert len((tmp_path / "l.jsonl").read_text().splitlines()) == 4
     again = Ledger(tmp_path / "l.jsonl")
     assert all(key in again for key in keys) and len(again) == 4
+
+
+# Names with lone surrogates too: os.fsdecode gives them for bytes that are not UTF-8.
+@given(st.text(st.characters(exclude_categories=()), max_size=40), st.integers(0, 2**63 - 1),
+       st.integers(-(2**63), 2**63 - 1), st.sampled_from([None, True, False]))
+@settings(max_examples=300, deadline=None)
+def test_a_ledger_line_is_the_json_of_its_file_version(name: str, size: int, mtime_ns: int,
+                                                        anomaly: bool | None) -> None:
+    record: dict = {"p": name, "s": size, "m": mtime_ns}
+    if anomaly is not None:
+        record["a"] = anomaly
+    assert ledger_line(FileKey(name, size, mtime_ns), anomaly) == json.dumps(record) + "\n"

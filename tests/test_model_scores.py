@@ -92,3 +92,22 @@ def test_maps_longer_than_the_blur_radius_blur_as_before() -> None:
     x = np.random.default_rng(0).random((1, 24, 24)).astype(np.float32)
     expected = cv2.GaussianBlur(x[0], (13, 13), 2.0, borderType=cv2.BORDER_REFLECT)  # radius 6, edge repeated
     np.testing.assert_allclose(blur_maps(tf.constant(x), 2.0).numpy()[0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (2, 2, 16), (1, 1, 1), (2, 24, 40), (1, 300, 200), (1, 64, 600)])
+def test_small_and_large_maps_are_blurred_alike(shape: tuple[int, int, int]) -> None:
+    """Maps up to h + w = 512 are blurred by matrix products, larger ones by convolutions: one blur either way."""
+    import cv2
+    import tensorflow as tf
+
+    from monitor.model.scores import blur_maps
+
+    x = np.random.default_rng(1).random(shape).astype(np.float32)
+    got = blur_maps(tf.constant(x), 2.0).numpy()
+    n, h, w = shape
+    radius = 6  # 3 sigma
+    for i in range(n):
+        ky = cv2.getGaussianKernel(2 * radius + 1, 2.0)[6 - min(radius, h):6 + min(radius, h) + 1]
+        kx = cv2.getGaussianKernel(2 * radius + 1, 2.0)[6 - min(radius, w):6 + min(radius, w) + 1]
+        expected = cv2.sepFilter2D(x[i], -1, kx / kx.sum(), ky / ky.sum(), borderType=cv2.BORDER_REFLECT)
+        np.testing.assert_allclose(got[i], expected, atol=2e-6)

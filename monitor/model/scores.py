@@ -37,6 +37,29 @@ def _truncated(k: np.ndarray, radius: int) -> np.ndarray:
     return (cut / cut.sum()).astype(np.float32)
 
 
+# Maps whose height + width is at most this are blurred by two matrix products, larger ones by two convolutions.
+# Same blur (max abs difference 3e-7 on [0, 1] maps); per batch on 2 CPU cores (TF 2.21, oneDNN), convolution
+# against products: 32 maps of 64x64 1.21 / 0.32 ms, 32 of 128x128 2.91 / 0.87, 8 of 256x256 2.26 / 1.38,
+# 4 of 512x512 4.05 / 5.17, 2 of 64x1024 0.81 / 1.09. A product does (h + w) / (2 * 13) times the arithmetic of a
+# 13-tap convolution, but a convolution of one channel leaves oneDNN's vector units mostly idle.
+_PRODUCT_BLUR_MAX_SIDES = 512
+
+
+def _blur_matrix(n: int, k: np.ndarray) -> np.ndarray:
+    """The n x n matrix that blurs a length-n axis with kernel `k` under reflect (SYMMETRIC) padding."""
+    radius = len(k) // 2
+    m = np.zeros((n, n), np.float64)
+    for i in range(n):
+        for t, weight in enumerate(k):
+            j = i + t - radius
+            if j < 0:  # SYMMETRIC: -1 is 0, -2 is 1, ...
+                j = -j - 1
+            elif j >= n:  # ... and n is n - 1
+                j = 2 * n - j - 1
+            m[i, j] += weight
+    return m.astype(np.float32)
+
+
 def _blur(maps: tf.Tensor, sigma: float) -> tf.Tensor:
     """Separable Gaussian blur of NxHxW maps (reflect padding: no dark rim at the borders).
 
@@ -51,10 +74,15 @@ def _blur(maps: tf.Tensor, sigma: float) -> tf.Tensor:
     h, w = maps.shape[1], maps.shape[2]
     ry = radius if h is None else min(radius, int(h))
     rx = radius if w is None else min(radius, int(w))
+    ky, kx = _truncated(k, ry), _truncated(k, rx)
+    if h is not None and w is not None and int(h) + int(w) <= _PRODUCT_BLUR_MAX_SIDES:
+        by = tf.constant(_blur_matrix(int(h), ky), dtype=maps.dtype)
+        bx = tf.constant(_blur_matrix(int(w), kx), dtype=maps.dtype)
+        return tf.matmul(tf.matmul(by, maps), bx, transpose_b=True)
     x = maps[..., None]
     x = tf.pad(x, [[0, 0], [ry, ry], [rx, rx], [0, 0]], mode="SYMMETRIC")
-    x = tf.nn.conv2d(x, tf.constant(_truncated(k, ry).reshape(-1, 1, 1, 1)), strides=1, padding="VALID")
-    x = tf.nn.conv2d(x, tf.constant(_truncated(k, rx).reshape(1, -1, 1, 1)), strides=1, padding="VALID")
+    x = tf.nn.conv2d(x, tf.constant(ky.reshape(-1, 1, 1, 1), dtype=maps.dtype), strides=1, padding="VALID")
+    x = tf.nn.conv2d(x, tf.constant(kx.reshape(1, -1, 1, 1), dtype=maps.dtype), strides=1, padding="VALID")
     return x[..., 0]
 
 

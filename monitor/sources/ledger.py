@@ -14,13 +14,13 @@ be moved or deleted: the line carries the verdict (`"a"`: anomaly or not), so th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
 import threading
 import time
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]  # C; json.dumps's own
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -53,10 +53,10 @@ class LedgerRecord(BaseModel):
 
 
 def _line(key: FileKey, anomaly: bool | None = None) -> str:
-    record: dict = {"p": key.name, "s": key.size, "m": key.mtime_ns}
-    if anomaly is not None:
-        record["a"] = anomaly
-    return json.dumps(record) + "\n"
+    """The line `json.dumps({"p": name, "s": size, "m": mtime_ns[, "a": anomaly]})` writes, made by hand: once per
+    scored file, where building a dict and an encoder pass cost the scorer's thread 2 µs each."""
+    tail = "" if anomaly is None else (', "a": true' if anomaly else ', "a": false')
+    return f'{{"p": {encode_basestring_ascii(key.name)}, "s": {int(key.size)}, "m": {int(key.mtime_ns)}{tail}}}\n'
 
 
 def _why(exc: OSError) -> str:
