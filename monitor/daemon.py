@@ -555,10 +555,12 @@ class Daemon:
         self.outputs.ok_status = ok_status(new_config)
         self._publish_pipeline_metrics(self.pipeline, old)
         swapped = sorted(n for n, m in models.items() if n not in old.models or old.models[n] is not m)
-        # The replaced models' and sources' objects were frozen: thawed now, so that they can be collected, and
-        # frozen again from the main loop once the scorer's batch in hand no longer holds the old pipeline.
-        heap.thaw()
-        self._refreeze_at = time.monotonic() + REFREEZE_AFTER_RELOAD_S
+        if any(n not in models or models[n] is not m for n, m in old.models.items()):
+            # The replaced models' objects were frozen: thawed now, so that they can be collected, and frozen again
+            # from the main loop once the scorer's batch in hand no longer holds the old pipeline. That one full
+            # pass costs what the automatic one it replaces would have (monitor/heap.py).
+            heap.thaw()
+            self._refreeze_at = time.monotonic() + REFREEZE_AFTER_RELOAD_S
         return (f"sources_added={','.join(added) or 'none'} sources_removed={','.join(removed) or 'none'} "
                 f"sources_replaced={','.join(changed) or 'none'} models_loaded={','.join(swapped) or 'none'} "
                 f"alerts_rebuilt={'yes' if new_config.alerts != old.config.alerts else 'no'}")

@@ -19,6 +19,7 @@ from monitor.sources.inotify import (
     IN_CLOSE_WRITE,
     IN_CREATE,
     IN_ISDIR,
+    MOVED_IN,
     OPENED,
     InotifyWatch,
     describe_errno,
@@ -90,6 +91,14 @@ def test_a_file_written_is_reported_opened_then_closed(watching):
     assert kinds[0] == OPENED and kinds[-1] == CLOSED
 
 
+def test_a_file_renamed_in_is_reported_moved_in_and_nothing_else(watching, tmp_path):
+    root, recorder, _ = watching
+    (tmp_path / "a.png").write_bytes(b"x")
+    os.rename(tmp_path / "a.png", root / "a.png")
+    wait_until(lambda: str(root / "a.png") in recorder.paths(MOVED_IN), timeout=5)
+    assert recorder.changes() == [(str(root / "a.png"), MOVED_IN)]
+
+
 def test_a_file_renamed_out_is_reported_gone(watching, tmp_path):
     root, recorder, _ = watching
     (root / "a.png").write_bytes(b"x")
@@ -112,7 +121,7 @@ def test_events_waiting_in_the_kernel_reach_the_source_in_one_call(tmp_path):
     try:
         wait_until(lambda: len(recorder.changes()) == 200, timeout=5)
         assert len(recorder.calls) == 1
-        assert recorder.changes() == [(str(root / f"f{i:03d}.png"), CLOSED) for i in range(200)]
+        assert recorder.changes() == [(str(root / f"f{i:03d}.png"), MOVED_IN) for i in range(200)]
     finally:
         watch.stop()
         watch.join(5)

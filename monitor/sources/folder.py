@@ -64,7 +64,7 @@ from monitor.images import (
 )
 from monitor.records import FileKey, Frame
 from monitor.sources.base import PausableSource
-from monitor.sources.inotify import CLOSED, GONE, InotifyWatch
+from monitor.sources.inotify import GONE, MOVED_IN, OPENED, InotifyWatch
 from monitor.sources.ledger import Ledger
 from monitor.sources.quarantine import Quarantine
 from monitor.sources.sorting import CHANGED, Done, Sorter
@@ -100,6 +100,8 @@ class _Candidate:
     closed: bool
     size: int = -1
     next_try: float = 0.0
+    # Its last event was a rename into the folder: complete as it is (a rename is atomic), read without settle_ms.
+    moved_in: bool = False
 
 
 class _Polled(FileSystemEventHandler):
@@ -383,7 +385,7 @@ class FolderSource(PausableSource):
             self._wake.set()
 
     def changed(self, changes: list[tuple[str, int]]) -> None:
-        """The inotify watch's file events (`offer` for OPENED and CLOSED, `forget` for GONE) in kernel order.
+        """The inotify watch's file events (`offer` for OPENED, CLOSED and MOVED_IN, `forget` for GONE) in kernel order.
 
         One lock round for everything one read of the kernel's queue returned; paths come from the watched
         folders, so only the name is checked.
@@ -397,19 +399,23 @@ class FolderSource(PausableSource):
                 if change == GONE:
                     self._pending.pop(path, None)
                 elif path not in self._inflight:
-                    self._touch(path, change == CLOSED, now, wall)
+                    self._touch(path, change != OPENED, now, wall, moved_in=change == MOVED_IN)
             wake = idle and bool(self._pending)
         if wake:
             self._wake.set()
 
-    def _touch(self, path: Path, closed: bool, now: float, arrived: float) -> None:
-        """A pending candidate for `path`, its quiet clock restarted at `now`; call with the lock held."""
+    def _touch(self, path: Path, closed: bool, now: float, arrived: float, moved_in: bool = False) -> None:
+        """A pending candidate for `path`, its quiet clock restarted at `now`; call with the lock held.
+
+        moved_in: this event renamed the file into the folder. A later write to it makes it wait for quiet again.
+        """
         cand = self._pending.get(path)
         if cand is None:
-            self._pending[path] = _Candidate(arrived, now, closed)
+            self._pending[path] = _Candidate(arrived, now, closed, moved_in=moved_in)
         else:
             cand.last_change = now
             cand.closed = cand.closed or closed
+            cand.moved_in = moved_in
             cand.next_try = 0.0
 
     def forget(self, path: Path) -> None:
@@ -520,6 +526,8 @@ class FolderSource(PausableSource):
         return cand.closed or is_self_delimited(path)
 
     def _due_at(self, path: Path, cand: _Candidate) -> float:
+        if cand.moved_in:
+            return cand.next_try
         quiet = self.config.settle_ms / 1000 if self._quick(path, cand) else self.config.stable_s
         return max(cand.next_try, cand.last_change + quiet)
 
@@ -596,6 +604,7 @@ class FolderSource(PausableSource):
                 cand.size = st.st_size
                 if not (first_look and self._quick(path, cand)):
                     cand.last_change = time.monotonic()
+                    cand.moved_in = False  # still being written: it waits for quiet like any other file
                     return
         key = FileKey(self._relative(path), st.st_size, st.st_mtime_ns)
         if key in self.ledger:
@@ -631,7 +640,7 @@ class FolderSource(PausableSource):
             with contextlib.suppress(OSError):
                 os.close(fd)
         if len(data) != st.st_size:
-            cand.last_change, cand.size = time.monotonic(), len(data)
+            cand.last_change, cand.size, cand.moved_in = time.monotonic(), len(data), False
             return
         if not data:
             self._retry_or_quarantine(path, cand, "empty", "0 bytes")

@@ -9,7 +9,8 @@ events per system call and hands them to the source in one call per read.
 
 What the watch reports, through `FolderEvents`:
 - `files(changes)`: (path, change) in kernel order, change one of OPENED (created, modified, attributes),
-  CLOSED (closed after writing, or moved in: a rename is atomic) and GONE (deleted, moved out);
+  CLOSED (closed after writing), MOVED_IN (renamed into the folder: complete the moment it appears, a rename being
+  atomic) and GONE (deleted, moved out);
 - `folder_appeared(path)`: a subfolder created or moved in (recursive: watched from then on, so its files
   raise events; those already in it raise none and are for the source to scan);
 - `overflow()`: the kernel dropped events (a burst beyond fs.inotify.max_queued_events);
@@ -56,7 +57,7 @@ _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 MASK = (IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE
         | IN_DELETE_SELF | IN_ONLYDIR | IN_EXCL_UNLINK)
 
-OPENED, CLOSED, GONE = 0, 1, 2
+OPENED, CLOSED, GONE, MOVED_IN = 0, 1, 2, 3
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len: struct inotify_event before its name
 _READ_BYTES = 64 * 1024
 _POLL_MS = 200  # how soon the reader sees a stop request without an event
@@ -243,7 +244,9 @@ class InotifyWatch:
                     self._events.folder_appeared(path)
                 elif mask & IN_MOVED_FROM and self.recursive:
                     self._forget_below(path)
-            elif mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+            elif mask & IN_MOVED_TO:
+                changes.append((path, MOVED_IN))
+            elif mask & IN_CLOSE_WRITE:
                 changes.append((path, CLOSED))
             elif mask & (IN_DELETE | IN_MOVED_FROM):
                 changes.append((path, GONE))
