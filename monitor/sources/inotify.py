@@ -61,11 +61,6 @@ OPENED, CLOSED, GONE, MOVED_IN = 0, 1, 2, 3
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len: struct inotify_event before its name
 _READ_BYTES = 64 * 1024
 _POLL_MS = 200  # how soon the reader sees a stop request without an event
-# After the first event of a quiet spell, how long the reader lets more gather before it reads: a burst is then
-# read a thousand events at a time, not one or two (reading each rename of a fast mover alone cost the watch
-# thread 30 µs per file, against 6 in bulk). Small beside any settle_ms, and a file's arrival time is taken
-# when its event is read.
-_GATHER_S = 0.002
 
 
 class FolderEvents(Protocol):
@@ -198,7 +193,6 @@ class InotifyWatch:
         while not stop.is_set():
             if not poller.poll(_POLL_MS):
                 continue
-            stop.wait(_GATHER_S)
             try:
                 buffer = os.read(self._fd, _READ_BYTES)
             except BlockingIOError:
