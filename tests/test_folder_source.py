@@ -232,6 +232,27 @@ def test_an_overwritten_file_is_scored_again(harness):
     assert [f.image.shape for f in harness.frames(1)] == [(40, 40)]
 
 
+def test_a_file_rewritten_while_its_first_version_is_in_flight_is_queued_once_that_one_is_done(harness):
+    """A camera PC rewriting latest.png within one batch: the new version must not wait for the next start."""
+    harness.start()
+    (harness.inbox / "latest.png").write_bytes(png(1))
+    first = harness.frames(1)  # read and queued: in flight until its verdict is acknowledged
+    (harness.inbox / "latest.png").write_bytes(png(2, size=40))
+    time.sleep(0.5)  # the rewrite's events reach the source while the first version is in flight
+    assert harness.quiet_for(0.2) == []
+    harness.source.acknowledge(first[0])
+    assert [f.image.shape for f in harness.frames(1)] == [(40, 40)]
+    assert harness.quiet_for(0.5) == []  # and once only
+
+
+def test_a_file_in_flight_that_is_not_rewritten_is_not_queued_again(harness):
+    harness.start()
+    (harness.inbox / "a.png").write_bytes(png(1))
+    first = harness.frames(1)
+    harness.source.acknowledge(first[0])
+    assert harness.quiet_for(0.5) == []
+
+
 def test_a_scored_file_whose_time_is_changed_is_scored_again(harness):
     # A touch or utime alone raises only IN_ATTRIB: the watch must still ask for it (a new mtime, a new version).
     path = scored_once(harness, "stamped.png")

@@ -64,7 +64,7 @@ from monitor.images import (
 )
 from monitor.records import FileKey, Frame
 from monitor.sources.base import PausableSource
-from monitor.sources.inotify import GONE, MOVED_IN, OPENED, InotifyWatch
+from monitor.sources.inotify import CLOSED, GONE, MOVED_IN, OPENED, InotifyWatch
 from monitor.sources.ledger import Ledger
 from monitor.sources.quarantine import Quarantine
 from monitor.sources.sorting import CHANGED, Done, Sorter
@@ -170,6 +170,10 @@ class FolderSource(PausableSource):
         self._extensions = frozenset(config.extensions)
         self._pending: dict[Path, _Candidate] = {}
         self._inflight: dict[Path, FileKey] = {}
+        # Paths that changed while a version of them was in flight (being scored, or waiting for its move): the
+        # last event's kind. Offered again once that version is done, or a new version written meanwhile (a camera
+        # PC rewriting latest.png within one batch) would wait for the next start.
+        self._changed_in_flight: dict[Path, int] = {}
         self._ignored: OrderedDict[Path, None] = OrderedDict()
         self._skipped: OrderedDict[tuple[Path, int], None] = OrderedDict()  # (path, inode): logged once
         self._lock = threading.Lock()
@@ -376,6 +380,7 @@ class FolderSource(PausableSource):
             return
         with self._lock:
             if path in self._inflight:
+                self._changed_in_flight[path] = CLOSED if closed else OPENED
                 return
             idle = not self._pending
             self._touch(path, closed, time.monotonic(), arrived or time.time())
@@ -398,7 +403,10 @@ class FolderSource(PausableSource):
             for path, change in wanted:
                 if change == GONE:
                     self._pending.pop(path, None)
-                elif path not in self._inflight:
+                    self._changed_in_flight.pop(path, None)
+                elif path in self._inflight:
+                    self._changed_in_flight[path] = change
+                else:
                     self._touch(path, change != OPENED, now, wall, moved_in=change == MOVED_IN)
             wake = idle and bool(self._pending)
         if wake:
@@ -583,6 +591,7 @@ class FolderSource(PausableSource):
     def _try_read(self, path: Path) -> None:
         with self._lock:
             cand = self._pending.get(path)
+            seen = None if cand is None else cand.last_change
         if cand is None:
             return
         try:
@@ -670,6 +679,8 @@ class FolderSource(PausableSource):
         with self._lock:
             self._pending.pop(path, None)
             self._inflight[path] = key
+            if cand.last_change != seen:  # an event since this read began: what was read may be old already
+                self._changed_in_flight[path] = CLOSED if cand.closed else OPENED
         frame = Frame(source=self.name, image=image, frame_time=cand.first_seen, path=path, file_key=key,
                       data=data)
         try:
@@ -758,6 +769,22 @@ class FolderSource(PausableSource):
             keys = [(path, self._inflight.pop(path, None)) for path in paths]
         self.ledger.add_many([key for path, key in keys
                               if key is not None and (self.sorter is None or os.path.lexists(path))])
+        self._offer_changed_in_flight([path for path, key in keys if key is not None])
+
+    def _offer_changed_in_flight(self, paths: list[Path]) -> None:
+        """Offer again those of `paths` (just out of flight, their version in the ledger or sorted) that changed
+        while in flight; the ledger tells a new version from the one already scored."""
+        if not self._changed_in_flight:
+            return
+        now, wall, wake = time.monotonic(), time.time(), False
+        with self._lock:
+            for path in paths:
+                change = self._changed_in_flight.pop(path, None)
+                if change is not None and path not in self._inflight:
+                    self._touch(path, change != OPENED, now, wall, moved_in=change == MOVED_IN)
+                    wake = True
+        if wake:
+            self._wake.set()
 
     def _sorted(self, done: Done, outcome: str) -> None:
         """The Sorter is done with a file (moved, deleted, gone, or kept with its verdict in the ledger)."""
@@ -766,3 +793,4 @@ class FolderSource(PausableSource):
                 del self._inflight[done.path]
         if outcome == CHANGED:
             self.offer(done.path, closed=False)  # a new version written while the old one was in flight
+        self._offer_changed_in_flight([done.path])
