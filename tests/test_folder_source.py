@@ -150,38 +150,39 @@ def test_a_file_renamed_into_the_folder_is_scored(harness, tmp_path):
     assert [f.path.name for f in harness.frames(1)] == ["moved.png"]
 
 
-def test_a_file_renamed_in_is_read_without_waiting_settle_ms_and_one_written_in_place_waits(tmp_path):
-    """A rename is atomic: the file is whole the moment it appears. A file closed by its writer may be reopened."""
+@pytest.fixture
+def slow_settle(tmp_path):
+    """A started source whose settle_ms is 3 s: long beside any wait below, so a read before it is no settle."""
     h = Harness(tmp_path, "settle", settle_ms=3000)
     h.start()
-    try:
-        staged = tmp_path / "staged.png"
-        staged.write_bytes(png(5))
-        staged.rename(h.inbox / "moved.png")
-        (h.inbox / "written.png").write_bytes(png(6))
-        assert [f.path.name for f in h.frames(1, timeout=1.5)] == ["moved.png"]
-        assert [f.path.name for f in h.frames(1, timeout=5)] == ["written.png"]
-    finally:
-        h.stop()
+    yield h
+    h.stop()
 
 
-def test_a_file_renamed_in_and_then_written_to_waits_for_quiet(tmp_path):
-    h = Harness(tmp_path, "rewritten", settle_ms=3000)
-    h.start()
-    try:
-        staged = tmp_path / "staged.png"
-        staged.write_bytes(png(5))
-        h.source.pause()  # the rename and the write land before the source reads
-        staged.rename(h.inbox / "moved.png")
-        (h.inbox / "moved.png").write_bytes(png(7))
-        time.sleep(0.3)
-        h.source.resume()
-        assert h.frames(1, timeout=1.5) == []
-        frames = h.frames(1, timeout=5)
-        assert [f.path.name for f in frames] == ["moved.png"]
-        assert np.array_equal(frames[0].image, cv2.imdecode(np.frombuffer(png(7), np.uint8), cv2.IMREAD_UNCHANGED))
-    finally:
-        h.stop()
+def renamed_in(h: Harness, tmp_path: Path, name: str, data: bytes) -> None:
+    staged = tmp_path / f"staged-{name}"
+    staged.write_bytes(data)
+    staged.rename(h.inbox / name)
+
+
+def test_a_file_renamed_in_is_read_without_waiting_settle_ms_and_one_written_in_place_waits(slow_settle, tmp_path):
+    """A rename is atomic: the file is whole the moment it appears. A file closed by its writer may be reopened."""
+    renamed_in(slow_settle, tmp_path, "moved.png", png(5))
+    (slow_settle.inbox / "written.png").write_bytes(png(6))
+    assert [f.path.name for f in slow_settle.frames(1, timeout=1.5)] == ["moved.png"]
+    assert [f.path.name for f in slow_settle.frames(1, timeout=5)] == ["written.png"]
+
+
+def test_a_file_renamed_in_and_then_written_to_waits_for_quiet(slow_settle, tmp_path):
+    slow_settle.source.pause()  # the rename and the write land before the source reads
+    renamed_in(slow_settle, tmp_path, "moved.png", png(5))
+    (slow_settle.inbox / "moved.png").write_bytes(png(7))
+    time.sleep(0.3)
+    slow_settle.source.resume()
+    assert slow_settle.frames(1, timeout=1.5) == []
+    frames = slow_settle.frames(1, timeout=5)
+    assert [f.path.name for f in frames] == ["moved.png"]
+    assert np.array_equal(frames[0].image, cv2.imdecode(np.frombuffer(png(7), np.uint8), cv2.IMREAD_UNCHANGED))
 
 
 def test_files_present_at_start_are_scanned_as_backlog(harness):

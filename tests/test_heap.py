@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
 import weakref
 
 import pytest
 import yaml
+from netutil import wait_until
 from reload_util import bundle_variant
 
 from monitor import heap
@@ -25,15 +25,6 @@ def _config(path, bundle) -> None:  # noqa: ANN001
         "metrics": {"enabled": False},
         "logging": {"summary_interval_s": 0},
     }))
-
-
-def _wait(condition, timeout: float = 20.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture
@@ -62,8 +53,8 @@ def test_a_running_daemon_has_its_heap_frozen_and_thaws_it_when_it_stops(running
     daemon, _ = running
     assert gc.get_freeze_count() > 0
     daemon.stop()
-    assert _wait(lambda: not daemon._scorer.alive)
-    assert _wait(lambda: gc.get_freeze_count() == 0)
+    wait_until(lambda: not daemon._scorer.alive, timeout=20)
+    wait_until(lambda: gc.get_freeze_count() == 0, timeout=20)
 
 
 def test_a_model_replaced_by_a_reload_is_freed_and_the_heap_frozen_again(running, tmp_path) -> None:  # noqa: ANN001
@@ -73,5 +64,5 @@ def test_a_model_replaced_by_a_reload_is_freed_and_the_heap_frozen_again(running
     result = daemon.reload()
     assert result.ok and "models_loaded=default" in result.message, result.message
     # Keras models hold reference cycles: only the collector frees one, and it never looks at a frozen object.
-    assert _wait(lambda: old_model() is None)
-    assert _wait(lambda: gc.get_freeze_count() > 0)
+    wait_until(lambda: old_model() is None, timeout=20)
+    wait_until(lambda: gc.get_freeze_count() > 0, timeout=20)
