@@ -190,7 +190,7 @@ class BatchScorer:
         # left out). Once every bucket has one, a chunk runs as `plan_calls` says; until then, padded.
         self.bucket_seconds: dict[int, float] = {}
         self._timed: set[int] = set()  # buckets past their first call
-        self._concretes: dict[int, tuple[Any, Any]] = {}  # bucket -> (its tf.function, that one's concrete function)
+        self._concretes: dict[int, Any] = {}  # bucket -> its traced forward pass's concrete function
         # True while another thread traces the smaller buckets (warm_buckets): a chunk then pads to a bucket
         # already traced rather than waiting for its own trace.
         self.warming = False
@@ -271,18 +271,25 @@ class BatchScorer:
         return forward
 
     def _forward_for(self, k: int) -> tuple[int, Any]:
-        """(bucket, its traced forward pass) for a chunk of `k` inputs: the smallest bucket that holds it."""
+        """(bucket, its traced forward pass) for a chunk of `k` inputs: the smallest bucket that holds it.
+
+        The pass is the traced function's concrete function: called directly, it skips the tf.function's argument
+        binding and signature checks (60 of the 130 µs a call of the identity model costs the calling thread).
+        """
         size = next(b for b in self.buckets if b >= k)
         forward = self._forwards.get(size)
         if forward is None and self.warming:
             size = next(b for b in self.buckets if b >= k and b in self._forwards)  # max_batch always is
-            return size, self._forwards[size]
-        if forward is None:
+            forward = self._forwards[size]
+        elif forward is None:
             start = time.perf_counter()
             forward = self._forwards[size] = self._traced_forward(size)
             log.info("scorer_bucket_traced size=%d max_batch=%d", size, self.max_batch)
             log.debug("scorer_bucket_trace_seconds size=%d seconds=%.3f", size, time.perf_counter() - start)
-        return size, forward
+        concrete = self._concretes.get(size)
+        if concrete is None:
+            concrete = self._concretes[size] = forward.get_concrete_function()
+        return size, concrete
 
     def calls(self, n: int) -> list[int]:
         """How many inputs each forward call of a score_inputs of `n` takes: full max_batch calls, then the rest
@@ -423,7 +430,7 @@ class BatchScorer:
                 r, m, s = self._run(chunk)  # numpy already, from OpenVINO's own CPU threads
             else:
                 with tf.device(self.device):
-                    r, m, s = (t.numpy() for t in self._concrete(size, forward)(tf.constant(chunk)))
+                    r, m, s = (t.numpy() for t in forward(tf.constant(chunk)))
                 self._record_time(size, time.perf_counter() - began)
             parts.append((r[:k], m[:k], s[:k]))  # views: the padding's results go with their arrays
             start += k
@@ -437,12 +444,3 @@ class BatchScorer:
             recons, maps, scores = (np.concatenate(column) for column in zip(*parts, strict=True))
         return ScoredBatch(inputs=inputs, reconstructions=recons, error_maps=maps, scores=scores.astype(np.float64),
                            tiles=np.ones(n, np.int64))
-
-    def _concrete(self, size: int, forward: Any) -> Any:
-        """The concrete function of bucket `size`'s traced `forward`: called directly, it skips the tf.function's
-        argument binding and signature checks (60 of the 130 µs a call of the identity model costs the calling
-        thread)."""
-        concrete = self._concretes.get(size)
-        if concrete is None or concrete[0] is not forward:
-            concrete = self._concretes[size] = (forward, forward.get_concrete_function())
-        return concrete[1]

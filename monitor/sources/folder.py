@@ -407,7 +407,7 @@ class FolderSource(PausableSource):
                 elif path in self._inflight:
                     self._changed_in_flight[path] = change
                 else:
-                    self._touch(path, change != OPENED, now, wall, moved_in=change == MOVED_IN)
+                    self._touch_change(path, change, now, wall)
             wake = idle and bool(self._pending)
         if wake:
             self._wake.set()
@@ -425,6 +425,10 @@ class FolderSource(PausableSource):
             cand.closed = cand.closed or closed
             cand.moved_in = moved_in
             cand.next_try = 0.0
+
+    def _touch_change(self, path: Path, change: int, now: float, arrived: float) -> None:
+        """`_touch` for an inotify change (OPENED, CLOSED or MOVED_IN); call with the lock held."""
+        self._touch(path, change != OPENED, now, arrived, moved_in=change == MOVED_IN)
 
     def forget(self, path: Path) -> None:
         with self._lock:
@@ -781,7 +785,7 @@ class FolderSource(PausableSource):
             for path in paths:
                 change = self._changed_in_flight.pop(path, None)
                 if change is not None and path not in self._inflight:
-                    self._touch(path, change != OPENED, now, wall, moved_in=change == MOVED_IN)
+                    self._touch_change(path, change, now, wall)
                     wake = True
         if wake:
             self._wake.set()
