@@ -35,7 +35,7 @@ from monitor.region import locate
 from monitor.sources.base import NotPausable
 from monitor.sources.quarantine import Quarantine
 from monitor.sources.supervisor import SourceContext, SourceSupervisor
-from monitor.threads import StoppableThread
+from monitor.threads import Handoff, StoppableThread
 from monitor.threshold import SavedWindow, Threshold, ThresholdState
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,8 @@ class Daemon:
         self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._scorer_alive = time.monotonic()
         self._scorer = StoppableThread("scorer", self._score_loop)
+        # Each batch's commit (journal fsync, ledger, alerts, counters) runs here while the scorer scores the next.
+        self._commits = Handoff("commit")
         self._warmer = StoppableThread("warm-buckets", self._warm)
         # Held by the scorer while it processes a batch: a reload swaps the pipeline only between batches.
         self._batch_lock = threading.Lock()
@@ -327,6 +329,7 @@ class Daemon:
             alerts.start()
             self.pipeline = dataclasses.replace(self.pipeline, alerts=alerts)
         heap.freeze("start")  # before any pipeline thread runs: the one full pass stops nothing
+        self._commits.start()
         self._scorer.start()
         self._warmer.start()
         self.originals.start()
@@ -410,6 +413,8 @@ class Daemon:
             log.error("scorer_join_timeout queued=%d", len(self.queue))
         else:
             self._save_thresholds(force=True)  # the scorer is gone: the windows hold still
+        self._commits.stop()  # after the commit in hand, if the scorer left one
+        self._commits.join(JOIN_TIMEOUT_S * 2)
         self._warmer.join(JOIN_TIMEOUT_S)  # ends between two buckets
         self.on_event(SourceEvent("daemon", "daemon_stop", time.time()))
         if self.alerts is not None:
@@ -577,6 +582,13 @@ class Daemon:
                 return False
             if interval is not None and self.outputs.retrying():
                 systemd.notify("WATCHDOG=1")
+        # The last batch's commit too: a swap must not stop the alert dispatcher it releases alerts to.
+        while not self._commits.idle(timeout=0.5):
+            if self._stopping:
+                self._batch_lock.release()
+                return False
+            if interval is not None and self.outputs.retrying():
+                systemd.notify("WATCHDOG=1")
         return True
 
     def _build_source(self, config: Any) -> Any:
@@ -604,8 +616,8 @@ class Daemon:
             self._set_threshold_metrics(pipeline, source.name)
 
     @staticmethod
-    def _set_threshold_metrics(pipeline: Pipeline, source: str) -> None:
-        value = pipeline.thresholds[source].value
+    def _set_threshold_metrics(pipeline: Pipeline, source: str, value: float | None = None) -> None:
+        value = pipeline.thresholds[source].value if value is None else value
         metrics.THRESHOLD.labels(source).set(value)
         model = pipeline.model_of(source)
         if model is not None and model.default_threshold > 0:
@@ -672,6 +684,7 @@ class Daemon:
                 with self._batch_lock:  # the pipeline is read once, after the collect: a swap lands between
                     pipeline = self.pipeline
                     if not frames:
+                        self._commits.wait()  # an idle line: the last batch's commit is done before stop
                         if self.journal.queued:  # events the disk refused, on an idle line: retry them here
                             self._write_journal()
                     else:
@@ -783,18 +796,35 @@ class Daemon:
             return
         # After the primaries, so that they never wait on it; in the same journal write (one fsync).
         shadows = self._score_shadows(pipeline, verdicts)
-        self.journal.enqueue([verdict.to_json() for _, verdict in verdicts]
-                             + [verdict.to_json() for verdict in shadows])
-        # Durable before the ledger says "done" and before any alert. On a full disk this holds the batch and
-        # retries (no new frames are collected meanwhile: back-pressure); each line is written exactly once.
-        self._write_journal()
-        if alerts is not None:
-            alerts.release(prepared)
-        self.sources.acknowledge_many([(frame, verdict.anomaly) for frame, verdict in verdicts])
-        self._count(pipeline, verdicts)
-        for verdict in shadows:
-            metrics.SHADOW_IMAGES_SCORED.labels(verdict.source, verdict.model,
-                                                "anomaly" if verdict.anomaly else "normal").inc()
+        levels = {source: pipeline.thresholds[source].value for source in {v.source for _, v in verdicts}}
+        # The batch before is committed (durable, acknowledged) before this one's lines queue behind it: one
+        # batch in flight, so a disk that refuses writes stops the scorer here (back-pressure).
+        self._commits.wait()
+        self.journal.enqueue_verdicts([verdict for _, verdict in verdicts] + shadows)
+        self._commits.submit(lambda: self._commit(pipeline, verdicts, shadows, prepared, levels))
+
+    def _commit(self, pipeline: Pipeline, verdicts: list[tuple[Frame, Verdict]], shadows: list[Verdict],
+                prepared: list, levels: dict[str, float]) -> None:
+        """A batch's verdicts made durable, then acknowledged, alerted and counted (on the commit thread).
+
+        OutputStopped (stopping while the journal refuses writes) reaches the scorer, which then gives up.
+        """
+        try:
+            # Durable before the ledger says "done" and before any alert. On a full disk this holds the batch and
+            # retries (the scorer stops at its next hand-off: back-pressure); each line is written exactly once.
+            self._write_journal()
+            if pipeline.alerts is not None:
+                pipeline.alerts.release(prepared)
+            self.sources.acknowledge_many([(frame, verdict.anomaly) for frame, verdict in verdicts])
+            self._count(pipeline, verdicts, levels)
+            for verdict in shadows:
+                metrics.SHADOW_IMAGES_SCORED.labels(verdict.source, verdict.model,
+                                                    "anomaly" if verdict.anomaly else "normal").inc()
+        except OutputStopped:
+            raise
+        except Exception:  # noqa: BLE001 - this batch's files stay unacknowledged (scored again at the next start)
+            metrics.ERRORS.labels("score").inc()
+            log.exception("batch_commit_failed size=%d", len(verdicts))
 
     def _score_shadows(self, pipeline: Pipeline, verdicts: list[tuple[Frame, Verdict]]) -> list[Verdict]:
         """The shadow verdicts of the frames (with their primary verdicts) whose source has a `shadow:`.
@@ -833,8 +863,9 @@ class Daemon:
                     log.error("shadow_scoring_failed model=%s size=%d error=%s", model.name, len(members), exc)
         return shadows
 
-    def _count(self, pipeline: Pipeline, verdicts: list[tuple[Frame, Verdict]]) -> None:
-        """Metrics, summary counts and log lines of one batch's durable verdicts.
+    def _count(self, pipeline: Pipeline, verdicts: list[tuple[Frame, Verdict]], levels: dict[str, float]) -> None:
+        """Metrics, summary counts and log lines of one batch's durable verdicts; `levels`: each source's
+        threshold after the batch (read by the scorer, whose next batch moves the rolling windows meanwhile).
 
         Counters move once per source and batch: per-file bookkeeping would cap a line whose model is
         nearly free (a GPU) at what one Python thread can count. Histograms still see every value.
@@ -863,12 +894,12 @@ class Daemon:
                 elif debug:
                     log.debug("normal source=%s path=%s score=%.6g threshold=%.6g", source, verdict.path,
                               verdict.score, verdict.threshold)
-            self._set_threshold_metrics(pipeline, source)
+            self._set_threshold_metrics(pipeline, source, levels[source])
             with self._stats_lock:
                 st = self._stats.setdefault(source, SourceStats())
                 st.scored += len(mine)
                 st.anomalies += anomalies
-                st.threshold = pipeline.thresholds[source].value
+                st.threshold = levels[source]
         for model, count in by_model.items():
             metrics.MODEL_IMAGES_SCORED.labels(model).inc(count)
 

@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from monitor import metrics
 from monitor.files import LineFile, NotRegularFile, describe
-from monitor.records import FileKey
+from monitor.records import FileKey, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,12 @@ class Journal:
         with self._lock:
             self._queued.extend(lines)
 
+    def enqueue_verdicts(self, verdicts: list[Verdict]) -> None:
+        """`enqueue` of the verdicts' journal lines (see `verdict_line`)."""
+        lines = [verdict_line(v) for v in verdicts]
+        with self._lock:
+            self._queued.extend(lines)
+
     def append(self, record: dict) -> None:
         """Write one line (after any still queued) and flush it to the OS: a crash of this process loses nothing
         written. Raises OSError when the disk refuses; the record then stays queued for the next write."""
@@ -328,6 +334,50 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 def _line(record: dict) -> str:
     return _ENCODER.encode(record) + "\n"
+
+
+_text = json.encoder.encode_basestring_ascii  # the encoder's own (C) string writer: ensure_ascii, as above
+
+
+def _number(value: Any) -> str:
+    # What the encoder writes for a number: repr of a plain float or int; anything else (a NaN, which it
+    # refuses, a numpy scalar, a bool) through the encoder itself.
+    kind = type(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    if kind is int:
+        return int.__repr__(value)
+    return _ENCODER.encode(value)
+
+
+def verdict_line(verdict: Verdict) -> str:
+    """`_line(verdict.to_json())`, made by hand for a primary verdict without a region (a normal image).
+
+    Once per scored image: the dict and the encoder's pass cost the scorer's thread a few µs per file, which a
+    line whose model is nearly free (a GPU) feels. Any other verdict goes through `to_json`.
+    """
+    v = verdict
+    if v.region is not None or v.shadow:
+        return _line(v.to_json())
+    t, ft, score, threshold = v.scored_at, v.frame_time, v.score, v.threshold
+    if (type(t) is float and type(ft) is float and type(score) is float and type(threshold) is float
+            and math.isfinite(t + ft + score + threshold)):  # the usual case: repr is what the encoder writes
+        t, ft, score, threshold = repr(t), repr(ft), repr(score), repr(threshold)
+    else:
+        t, ft, score, threshold = _number(t), _number(ft), _number(score), _number(threshold)
+    path = "null" if v.path is None else _text(str(v.path))
+    evidence = "null" if v.evidence is None else _text(str(v.evidence))
+    anomaly = "true" if v.anomaly is True else "false" if v.anomaly is False else _ENCODER.encode(v.anomaly)
+    line = (f'{{"id":{_text(v.id)},"time":{t},"frame_time":{ft},"source":{_text(v.source)},"path":{path},'
+            f'"score":{score},"threshold":{threshold},"anomaly":{anomaly},"evidence":{evidence}')
+    if v.original is not None:
+        line += f',"original":{_text(str(v.original))}'
+    if v.model is not None:
+        line += f',"model":{_text(v.model)},"model_id":{_ENCODER.encode(v.model_id)}'
+    if v.file_key is not None:
+        key = v.file_key
+        line += f',"file":{{"name":{_text(key.name)},"size":{_number(key.size)},"mtime_ns":{_number(key.mtime_ns)}}}'
+    return line + "}\n"
 
 
 def read_journal(path: Path) -> list[dict]:

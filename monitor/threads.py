@@ -66,3 +66,70 @@ def join_all(threads: list[StoppableThread], timeout: float) -> list[str]:
     """Join every thread within one shared deadline; the names of those still running."""
     deadline = time.monotonic() + timeout
     return [t.name for t in threads if not t.join(deadline - time.monotonic())]
+
+
+class Handoff:
+    """A job at a time on a thread of its own, while the thread that hands it goes on (one job in flight).
+
+    The daemon's scorer hands each batch's commit (journal fsync, ledger, alerts, counters) here and scores the
+    next batch meanwhile, so that the model never waits for the disk. `submit` first waits for the job before
+    it and raises what that job raised: the caller learns of a failed job at its next hand-off.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._cond = threading.Condition()
+        self._job: Callable[[], None] | None = None
+        self._error: BaseException | None = None
+        self.thread = StoppableThread(name, self._run)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self.thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job` on the thread once the job before it has ended (raising what that one raised)."""
+        self.wait()
+        with self._cond:
+            self._job = job
+            self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Return once no job runs; raise what the last one raised (once)."""
+        with self._cond:
+            while self._job is not None:
+                self._cond.wait()
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def idle(self, timeout: float) -> bool:
+        """True once no job runs, within `timeout` seconds; a job's error stays for `wait` or `submit`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._job is None, timeout)
+
+    def _run(self, stop: threading.Event) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not stop.is_set():
+                    self._cond.wait(0.5)
+                job = self._job
+            if job is None:
+                return  # stopped with nothing in hand
+            error = None
+            try:
+                job()
+            except BaseException as exc:  # noqa: BLE001 - handed back to the submitter
+                error = exc
+            with self._cond:
+                self._job, self._error = None, error
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Ask the thread to end once the job in hand (if any) has."""
+        self.thread.stop()
+        with self._cond:
+            self._cond.notify_all()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the thread to end."""
+        return self.thread.join(timeout)

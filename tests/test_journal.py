@@ -2,12 +2,17 @@
 
 import errno
 import json
+import math
 import os
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.files import LineFile, NotRegularFile
-from monitor.journal import Journal, read_journal, read_journal_tail
+from monitor.journal import Journal, read_journal, read_journal_tail, verdict_line
+from monitor.records import FileKey, Region, Verdict
 
 
 def test_each_record_is_one_line_readable_before_close(tmp_path):
@@ -100,3 +105,39 @@ def test_a_journal_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     with pytest.raises(NotRegularFile):
         Journal(tmp_path / "j.jsonl")
     assert read_journal_tail(tmp_path / "j.jsonl") == []  # nor does the start's tail read block on it
+
+
+_texts = st.text(st.characters(exclude_categories=()), max_size=30)  # lone surrogates too (os.fsdecode's)
+_times = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**63), 2**63 - 1))
+
+
+@given(st.builds(
+    Verdict, source=_texts, frame_time=_times, scored_at=_times, score=_times,
+    threshold=st.one_of(_times, st.just(math.inf)), anomaly=st.booleans(),
+    path=st.one_of(st.none(), _texts.map(Path)), evidence=st.one_of(st.none(), _texts.map(Path)),
+    file_key=st.one_of(st.none(), st.builds(FileKey, _texts, st.integers(0, 2**63 - 1),
+                                            st.integers(-(2**63), 2**63 - 1))),
+    model=st.one_of(st.none(), _texts), model_id=st.one_of(st.none(), _texts),
+    region=st.one_of(st.none(), st.builds(Region, st.integers(0, 9999), st.integers(0, 9999),
+                                          st.integers(1, 9999), st.integers(1, 9999))),
+    original=st.one_of(st.none(), _texts.map(Path)), id=_texts, shadow=st.booleans(),
+    shadow_of=st.one_of(st.none(), _texts)))
+@settings(max_examples=400, deadline=None)
+def test_a_verdict_line_is_the_encoders_line_of_its_record(verdict: Verdict) -> None:
+    try:
+        expected = json.dumps(verdict.to_json(), separators=(",", ":"), allow_nan=False) + "\n"
+    except ValueError:  # an infinite threshold: refused alike
+        with pytest.raises(ValueError):
+            verdict_line(verdict)
+        return
+    assert verdict_line(verdict) == expected
+
+
+def test_enqueued_verdicts_are_written_as_their_records(tmp_path):
+    journal = Journal(tmp_path / "j.jsonl")
+    verdicts = [Verdict(source="line", frame_time=1.5, scored_at=2.25, score=0.125, threshold=0.5, anomaly=i == 1,
+                        path=Path(f"/in/{i}.png"), file_key=FileKey(f"{i}.png", 10, 20), model="m", model_id="x")
+                for i in range(3)]
+    journal.enqueue_verdicts(verdicts)
+    journal.sync()
+    assert read_journal(tmp_path / "j.jsonl") == [v.to_json() for v in verdicts]

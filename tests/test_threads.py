@@ -2,7 +2,9 @@
 
 import threading
 
-from monitor.threads import StoppableThread, join_all
+import pytest
+
+from monitor.threads import Handoff, StoppableThread, join_all
 
 
 def _until_stopped(stop: threading.Event) -> None:
@@ -56,3 +58,53 @@ def test_a_crashing_target_is_logged_and_leaves_the_thread_not_alive(caplog):
     thread.start()
     assert thread.join(5) and not thread.alive
     assert any("thread_crashed thread=crasher" in r.getMessage() for r in caplog.records)
+
+
+def test_a_handoff_runs_each_job_on_its_own_named_thread():
+    handoff = Handoff("commit-test")
+    handoff.start()
+    ran = []
+    handoff.submit(lambda: ran.append(threading.current_thread().name))
+    handoff.wait()
+    handoff.stop()
+    assert handoff.join(5) and ran == ["commit-test"]
+
+
+def test_a_handoff_takes_the_next_job_only_once_the_one_before_has_ended():
+    handoff = Handoff("one-in-flight")
+    handoff.start()
+    release, order = threading.Event(), []
+    handoff.submit(lambda: (release.wait(5), order.append("first")))
+    submitter = threading.Thread(target=lambda: (handoff.submit(lambda: order.append("second")),
+                                                 order.append("handed")))
+    submitter.start()
+    submitter.join(0.3)
+    assert submitter.is_alive() and order == []  # the second job waits for the first
+    release.set()
+    submitter.join(5)
+    handoff.wait()
+    assert order[0] == "first" and sorted(order[1:]) == ["handed", "second"]
+    handoff.stop()
+    assert handoff.join(5)
+
+
+def test_a_failed_job_is_raised_to_the_submitter_at_its_next_handoff_once():
+    handoff = Handoff("failing")
+    handoff.start()
+    handoff.submit(lambda: 1 / 0)
+    assert handoff.idle(5)  # idle keeps the error for the submitter
+    with pytest.raises(ZeroDivisionError):
+        handoff.submit(lambda: None)
+    handoff.wait()  # raised once
+    handoff.stop()
+    assert handoff.join(5)
+
+
+def test_stopping_a_handoff_still_runs_the_job_in_hand():
+    handoff = Handoff("draining")
+    handoff.start()
+    release, ran = threading.Event(), []
+    handoff.submit(lambda: (release.wait(5), ran.append(True)))
+    handoff.stop()
+    release.set()
+    assert handoff.join(5) and ran == [True]
