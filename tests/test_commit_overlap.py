@@ -10,9 +10,11 @@ import time
 import cv2
 import numpy as np
 import pytest
-from inprocess import make_daemon
+import yaml
 from netutil import wait_until
 
+from monitor.config import load_config
+from monitor.daemon import Daemon
 from monitor.journal import read_journal
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,7 +31,10 @@ def _drop(inbox, name: str, seed: int) -> None:  # noqa: ANN001
 @pytest.fixture
 def gated(tmp_path, tiny_bundle):  # noqa: ANN001
     """A running one-folder daemon whose journal fsync waits for `gate` (a slow disk), and its scorer's calls."""
-    daemon = make_daemon(tmp_path, tiny_bundle, [{"name": "line", "folder": "inbox", "settle_ms": 20}])
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({"model": str(tiny_bundle), "metrics": {"enabled": False},
+                                           "sources": [{"name": "line", "folder": "inbox", "settle_ms": 20}]}))
+    daemon = Daemon(load_config(config_path), config_path=config_path)
     gate, calls = threading.Event(), []
     real_sync, scorer = daemon.journal.sync, daemon.pipeline.models["default"].scorer
     real_score = scorer.score
@@ -93,3 +98,18 @@ def test_one_batch_at_most_waits_for_its_commit_while_the_disk_is_slow(gated) ->
     assert len(calls) == 2  # b.png waits for a.png's commit: c.png is not taken meanwhile (back-pressure)
     gate.set()
     wait_until(lambda: _verdicts(daemon) == ["a.png", "b.png", "c.png"], timeout=20)
+
+
+def test_a_reload_waits_for_the_commit_in_flight(gated) -> None:  # noqa: ANN001
+    daemon, inbox, gate, calls = gated
+    _drop(inbox, "a.png", 1)
+    wait_until(lambda: len(calls) == 1, timeout=20)
+    results = []
+    reloader = threading.Thread(target=lambda: results.append(daemon.reload()), name="reloader")
+    reloader.start()
+    reloader.join(1.0)
+    assert reloader.is_alive()  # the swap waits: it could stop the alert dispatcher this commit releases to
+    gate.set()
+    reloader.join(30)
+    assert results and results[0].ok
+    assert _verdicts(daemon) == ["a.png"]
