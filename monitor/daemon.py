@@ -362,7 +362,7 @@ class Daemon:
     def wait(self) -> int:
         """Block until stop() is called, then drain the queue and close everything; returns the exit code.
 
-        A dead scorer or source thread ends the daemon with exit code 1, so that systemd restarts it.
+        A dead scorer, commit or source thread ends the daemon with exit code 1, so that systemd restarts it.
         """
         code = 0
         interval = systemd.watchdog_interval()
@@ -388,8 +388,9 @@ class Daemon:
                 self._refreeze_at = None
                 heap.freeze("reload")  # one full pass: what the reload replaced is freed
             dead = self.sources.dead()
-            if not self._scorer.alive or dead:
-                log.error("thread_died scorer_alive=%s dead_sources=%s", self._scorer.alive, ",".join(dead))
+            if not self._scorer.alive or not self._commits.thread.alive or dead:
+                log.error("thread_died scorer_alive=%s commit_alive=%s dead_sources=%s", self._scorer.alive,
+                          self._commits.thread.alive, ",".join(dead))
                 code = 1
                 break
         self.shutdown()

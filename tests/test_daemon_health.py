@@ -1,4 +1,4 @@
-"""A daemon whose source or scorer thread dies stops with exit code 1, so systemd restarts it; a source that
+"""A daemon whose source, scorer or commit thread dies stops with exit code 1, so systemd restarts it; a source that
 finished by design (a video file played to its end) is not a death."""
 
 import threading
@@ -86,6 +86,18 @@ def test_a_dead_scorer_thread_ends_the_daemon_with_exit_code_1(tmp_path, tiny_bu
         raise RuntimeError("injected fault")
 
     monkeypatch.setattr(daemon.queue, "collect", broken)
+    daemon.start()
+    assert _wait_in_thread(daemon, 30) == [1]
+
+
+def test_a_dead_commit_thread_ends_the_daemon_with_exit_code_1(tmp_path, tiny_bundle, monkeypatch):
+    daemon = _daemon(tmp_path, tiny_bundle, [{"name": "a", "folder": "inbox"}])
+
+    # A fault no real component shows on demand: the commit thread's own wait for work crashes it.
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(daemon._commits._cond, "wait", broken)
     daemon.start()
     assert _wait_in_thread(daemon, 30) == [1]
 
