@@ -79,7 +79,7 @@ DISTINCT_IMAGES = 64  # distinct random images per case; the files cycle through
 
 # argv: staging folder, inbox. Renames every staged file into the inbox (sorted), as a line PC would. Prints
 # time.monotonic() just before its first rename: CLOCK_MONOTONIC is one clock for every process on Linux, so the
-# round is timed from the first file in the folder, not from the launch of this interpreter (~30 ms, which the
+# round is timed from the first file in the folder, not from the launch of this interpreter (~18 ms, which the
 # daemon cannot use: the files are not there yet).
 _MOVER = ("import os, sys, time\nnames = sorted(os.listdir(sys.argv[1]))\nprint(time.monotonic(), flush=True)\n"
           "for n in names: os.rename(os.path.join(sys.argv[1], n), os.path.join(sys.argv[2], n))")
