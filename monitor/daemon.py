@@ -12,7 +12,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -572,21 +572,26 @@ class Daemon:
                 f"alerts_rebuilt={'yes' if new_config.alerts != old.config.alerts else 'no'}")
 
     def _acquire_batch_lock(self) -> bool:
-        """Wait for the scorer to finish its batch; False when the daemon is stopped meanwhile.
+        """Wait for the scorer to finish its batch and for that batch's commit; False when the daemon is stopped
+        meanwhile (the lock then not held).
 
-        The scorer holds the lock across a journal write that a full disk retries: the wait goes on (the
-        watchdog still pinged while the output retries, as the main loop does), and SIGTERM ends it.
+        The commit can wait on a journal write that a full disk retries, and the scorer holds the lock while it
+        waits for that commit: the wait goes on (the watchdog still pinged while the output retries, as the main
+        loop does), and SIGTERM ends it. The commit is waited for too because a swap must not stop the alert
+        dispatcher it releases alerts to.
         """
+        if not self._wait_until(lambda: self._batch_lock.acquire(timeout=0.5)):
+            return False
+        if not self._wait_until(lambda: self._commits.idle(timeout=0.5)):
+            self._batch_lock.release()
+            return False
+        return True
+
+    def _wait_until(self, ready: Callable[[], bool]) -> bool:
+        """Call `ready` (which waits a little itself) until it is True; False once the daemon is stopping."""
         interval = systemd.watchdog_interval()
-        while not self._batch_lock.acquire(timeout=0.5):
+        while not ready():
             if self._stopping:
-                return False
-            if interval is not None and self.outputs.retrying():
-                systemd.notify("WATCHDOG=1")
-        # The last batch's commit too: a swap must not stop the alert dispatcher it releases alerts to.
-        while not self._commits.idle(timeout=0.5):
-            if self._stopping:
-                self._batch_lock.release()
                 return False
             if interval is not None and self.outputs.retrying():
                 systemd.notify("WATCHDOG=1")

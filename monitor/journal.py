@@ -229,13 +229,13 @@ class Journal:
 
     def enqueue(self, records: list[dict]) -> None:
         """Queue records for the next `sync` (or `append`), which writes them in order, each exactly once."""
-        lines = [_line(r) for r in records]
-        with self._lock:
-            self._queued.extend(lines)
+        self._enqueue_lines([_line(r) for r in records])
 
     def enqueue_verdicts(self, verdicts: list[Verdict]) -> None:
         """`enqueue` of the verdicts' journal lines (see `verdict_line`)."""
-        lines = [verdict_line(v) for v in verdicts]
+        self._enqueue_lines([verdict_line(v) for v in verdicts])
+
+    def _enqueue_lines(self, lines: list[str]) -> None:
         with self._lock:
             self._queued.extend(lines)
 
