@@ -112,16 +112,24 @@ def _ready_shape(image: np.ndarray, height: int, width: int, channels: int) -> b
     return image.ndim == 3 and image.shape[2] == 3
 
 
+def ready_batch(images: list[np.ndarray], height: int, width: int, channels: int) -> np.ndarray | None:
+    """The images stacked as uint8 NxHxWxC when every one is uint8 at the model's size and layout (a line's
+    images usually are), so that only the scale by 1/255 is left to do; None otherwise (or when empty)."""
+    if not images or not all(_ready_shape(im, height, width, channels) for im in images):
+        return None
+    return np.stack(images).reshape(len(images), height, width, channels)
+
+
 def to_model_batch(images: list[np.ndarray], height: int, width: int, channels: int,
                    white: int | None = None) -> np.ndarray:
     """Several decoded images as one float32 NxHxWxC batch.
 
-    A line's images usually come at the model's size and layout already: those are scaled in one vectorised
-    step (the same arithmetic as `to_model_input`, so the same values), which saves a Python round per image.
+    Images at the model's size and layout already are scaled in one vectorised step (the same arithmetic as
+    `to_model_input`, so the same values), which saves a Python round per image.
     """
     if not images:
         return np.zeros((0, height, width, channels), np.float32)
-    if all(_ready_shape(im, height, width, channels) for im in images):
-        batch = np.stack(images).reshape(len(images), height, width, channels)
+    batch = ready_batch(images, height, width, channels)
+    if batch is not None:
         return batch.astype(np.float32) / np.float32(255.0)
     return np.stack([to_model_input(im, height, width, channels, white) for im in images])

@@ -24,7 +24,7 @@ import tensorflow as tf
 from monitor.model.backends import LABELS, BackendUnavailable, compile_forward, openvino_available
 from monitor.model.bundle import Bundle, BundleError
 from monitor.model.density import image_density_maps, images_per_pass, resized_map
-from monitor.model.preprocess import to_model_batch, to_working_image
+from monitor.model.preprocess import ready_batch, to_model_batch, to_working_image
 from monitor.model.tiling import TileCanvas, pad, tile_grid, working_size
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,17 @@ if not any(isinstance(f, _OwnTracesFilter) for f in _tf_logger.filters):
 # reconstruction and error map at that size (12 bytes a pixel in gray, 28 in colour), so 16 M pixels hold
 # about 200-450 MB: three 5 MP images, or 32 images of 512x512.
 TILED_PIXELS_PER_CALL = 16_000_000
+
+
+# uint8 -> float32 in [0, 1], as `to_model_input` divides. The divisor is an argument, not a constant: with a
+# constant, TensorFlow's graph optimiser turns the division into a multiplication by 1/255, which differs from
+# numpy's division in the last bit for some values, and the scores would depend on which path an image took.
+_WHITE_8 = tf.constant(255.0, tf.float32)
+
+
+@tf.function(input_signature=[tf.TensorSpec(None, tf.uint8), tf.TensorSpec([], tf.float32)], autograph=False)
+def _unit(x: tf.Tensor, white: tf.Tensor) -> tf.Tensor:
+    return tf.cast(x, tf.float32) / white
 
 
 @dataclass
@@ -365,7 +376,12 @@ class BatchScorer:
         b = self.bundle
         if b.tiling is not None:
             return self._score_tiled(list(images))
-        return self.score_inputs(to_model_batch(list(images), b.height, b.width, b.channels, b.uint16_white))
+        images = list(images)
+        if self._run is None:
+            ready = ready_batch(images, b.height, b.width, b.channels)
+            if ready is not None:  # a line's usual batch: scaled by TensorFlow, on its threads (_chunks)
+                return self._chunks(ready)
+        return self.score_inputs(to_model_batch(images, b.height, b.width, b.channels, b.uint16_white))
 
     def _score_tiled(self, images: list[np.ndarray]) -> ScoredBatch:
         """Tiles of every image through shared fixed-shape batches, then stitched back per image."""
@@ -414,29 +430,49 @@ class BatchScorer:
 
         Each input is one model input; for a tiled bundle, one tile (no tiling is applied here).
         """
-        inputs = np.asarray(inputs, dtype=np.float32)
-        n = inputs.shape[0]
+        return self._chunks(np.asarray(inputs, dtype=np.float32))
+
+    def _chunks(self, batch: np.ndarray) -> ScoredBatch:
+        """Score a float32 batch of model inputs, or a uint8 one of images at the model's size and layout, in
+        chunks of max_batch, each padded to its bucket.
+
+        A uint8 chunk is scaled to [0, 1] by TensorFlow (`_unit`) rather than by numpy before the call: on a
+        256x256 colour batch numpy's scaling and its fresh 25 MB array cost about 3 % of the forward pass on
+        the scorer's thread, while the model waited. The values are the same bits (`to_model_input`'s division).
+        The results are numpy views of TensorFlow's output buffers (read-only), not copies.
+        """
+        n = batch.shape[0]
+        scaled = batch.dtype == np.uint8
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        seen: list[np.ndarray] = []  # a uint8 batch's inputs as the model saw them, chunk by chunk
         start = 0
         for call in self.calls(n):
-            chunk = inputs[start:start + call]
+            chunk = batch[start:start + call]
             k = chunk.shape[0]
             # Another backend was converted for max_batch alone; TensorFlow pads to the chunk's bucket.
             size, forward = (self.max_batch, None) if self._run is not None else self._forward_for(k)
             if k < size:
-                chunk = np.concatenate([chunk, np.zeros((size - k, *chunk.shape[1:]), np.float32)])
+                chunk = np.concatenate([chunk, np.zeros((size - k, *chunk.shape[1:]), chunk.dtype)])
             began = time.perf_counter()
             if self._run is not None:
                 r, m, s = self._run(chunk)  # numpy already, from OpenVINO's own CPU threads
             else:
+                x = tf.constant(chunk)
+                if scaled:
+                    with tf.device("/CPU:0"):  # what a GPU is sent is the float batch, as from numpy
+                        x = _unit(x, _WHITE_8)
+                    seen.append(np.asarray(x)[:k])
                 with tf.device(self.device):
-                    r, m, s = (t.numpy() for t in forward(tf.constant(chunk)))
+                    r, m, s = (np.asarray(t) for t in forward(x))
                 self._record_time(size, time.perf_counter() - began)
             parts.append((r[:k], m[:k], s[:k]))  # views: the padding's results go with their arrays
             start += k
+        inputs = batch
+        if scaled:
+            inputs = seen[0] if len(seen) == 1 else np.concatenate(seen) if seen else batch.astype(np.float32)
         if not parts:
             b = self.bundle
-            recons, maps = np.empty_like(inputs), np.empty((0, b.height, b.width), np.float32)
+            recons, maps = np.empty(inputs.shape, np.float32), np.empty((0, b.height, b.width), np.float32)
             scores = np.empty(0, np.float64)
         elif len(parts) == 1:  # one call, the usual case: no copy of its maps
             recons, maps, scores = parts[0]
