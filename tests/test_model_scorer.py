@@ -191,11 +191,14 @@ def test_a_split_chunk_scores_the_same_as_a_padded_one(tiny_bundle) -> None:  # 
     np.testing.assert_allclose(split.error_maps, padded.error_maps, rtol=1e-4, atol=1e-6)
 
 
-def test_images_at_the_model_size_score_the_same_bits_as_their_preprocessed_inputs(scorer, images) -> None:  # noqa: ANN001
-    # A batch of uint8 images at the model's size is scaled inside TensorFlow; any other batch by numpy
+def test_images_at_the_model_size_score_the_same_bits_as_their_preprocessed_inputs(scorer, images,  # noqa: ANN001
+                                                                                    monkeypatch) -> None:  # noqa: ANN001
+    # A large batch of uint8 images at the model's size is scaled inside TensorFlow; any other batch by numpy
     # (to_model_batch). Both must give the same bits, or a score would depend on the path its image took.
+    from monitor.model import scorer as module
     from monitor.model.preprocess import to_model_batch
 
+    monkeypatch.setattr(module, "TF_SCALED_VALUES", 0)  # every batch counts as large
     rng = np.random.default_rng(3)
     every_level = [rng.permutation(np.arange(32 * 32) % 256).astype(np.uint8).reshape(32, 32) for _ in range(6)]
     for batch in (images[:1], images[:5], images + every_level):
@@ -206,12 +209,13 @@ def test_images_at_the_model_size_score_the_same_bits_as_their_preprocessed_inpu
         np.testing.assert_array_equal(ready.scores, numpy_scaled.scores)
 
 
-def test_a_batch_at_the_model_size_is_not_scaled_by_numpy(scorer, images, monkeypatch) -> None:  # noqa: ANN001
+def test_a_large_batch_at_the_model_size_is_not_scaled_by_numpy(scorer, images, monkeypatch) -> None:  # noqa: ANN001
     from monitor.model import scorer as module
 
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("to_model_batch called for a batch TensorFlow scales")
 
     monkeypatch.setattr(module, "to_model_batch", refuse)
+    monkeypatch.setattr(module, "TF_SCALED_VALUES", MAX_BATCH * 32 * 32)
     out = scorer.score(images[:MAX_BATCH])
     assert out.inputs.dtype == np.float32 and out.inputs.max() <= 1.0 and len(out) == MAX_BATCH

@@ -53,6 +53,12 @@ if not any(isinstance(f, _OwnTracesFilter) for f in _tf_logger.filters):
 TILED_PIXELS_PER_CALL = 16_000_000
 
 
+# From this many values a batch of uint8 images is scaled by TensorFlow, below it by numpy. Measured on 32-image
+# batches: numpy scales 64x64 colour (393 k values) in 126 us, where a TensorFlow call costs 200-300 us however
+# small; from 2 MB of float32 numpy takes fresh pages from the kernel for each batch (128x128 gray: 1.8 ms against
+# 0.33; 256x256 colour: 5.7 ms against 1.7).
+TF_SCALED_VALUES = 2**19
+
 # uint8 -> float32 in [0, 1], as `to_model_input` divides. The divisor is an argument, not a constant: with a
 # constant, TensorFlow's graph optimiser turns the division into a multiplication by 1/255, which differs from
 # numpy's division in the last bit for some values, and the scores would depend on which path an image took.
@@ -197,6 +203,7 @@ class BatchScorer:
         # images, not for max_batch (measured on the shipped model: 2.5 ms for 1 image, 37 ms padded to 32).
         self.buckets = batch_buckets(self.max_batch)
         self._forwards: dict[int, Any] = {self.max_batch: forward}
+        self._unit = _unit.get_concrete_function()  # traced once per process, for any shape
         # Each bucket's time per call, a moving average of its real calls (the first, which traces and allocates,
         # left out). Once every bucket has one, a chunk runs as `plan_calls` says; until then, padded.
         self.bucket_seconds: dict[int, float] = {}
@@ -377,9 +384,9 @@ class BatchScorer:
         if b.tiling is not None:
             return self._score_tiled(list(images))
         images = list(images)
-        if self._run is None:
+        if self._run is None and len(images) * b.height * b.width * b.channels >= TF_SCALED_VALUES:
             ready = ready_batch(images, b.height, b.width, b.channels)
-            if ready is not None:  # a line's usual batch: scaled by TensorFlow, on its threads (_chunks)
+            if ready is not None:  # a large batch of a line's usual images: scaled by TensorFlow (_chunks)
                 return self._chunks(ready)
         return self.score_inputs(to_model_batch(images, b.height, b.width, b.channels, b.uint16_white))
 
@@ -460,7 +467,7 @@ class BatchScorer:
                 x = tf.constant(chunk)
                 if scaled:
                     with tf.device("/CPU:0"):  # what a GPU is sent is the float batch, as from numpy
-                        x = _unit(x, _WHITE_8)
+                        x = self._unit(x, _WHITE_8)
                     seen.append(np.asarray(x)[:k])
                 with tf.device(self.device):
                     r, m, s = (np.asarray(t) for t in forward(x))
