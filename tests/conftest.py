@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,16 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, normal_dir: Path) -> P
     train_bundle(normal_dir, out, TrainOptions(size=(TINY_SIZE, TINY_SIZE), channels=1, epochs=15,
                                                seed=0, quiet=True, auto=False))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level():
+    """The root logger's level as each test found it: a daemon run in a test sets it from its config's
+    `logging.level` (and a library may set it: OpenVINO's converter did), which a later test in the same process
+    would otherwise inherit; at ERROR, `caplog` saw no warning."""
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
 
 
 LARGE_SIZE = 256  # the tiled fixtures' images: a 4-px defect is lost when resized to 32x32, kept in tiles

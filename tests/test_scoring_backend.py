@@ -6,6 +6,7 @@ backend that is not installed is a config error naming the file and the key, fro
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from daemon_proc import wait_until
 from imagegen import colour_part, colour_stain, normal_image, write_images
 
 from monitor.config import ConfigError, ScoringConfig, check_inputs, load_config, parse_config
-from monitor.model.backends import openvino_available
+from monitor.model.backends import openvino_available, root_logger_kept
 from monitor.model.bundle import Bundle, load_bundle
 from monitor.model.preprocess import to_model_input
 from monitor.model.scorer import BatchScorer
@@ -146,6 +147,35 @@ def test_a_density_bundle_openvino_cannot_convert_is_scored_by_tensorflow_with_a
     assert (scorer.backend, scorer.device) == ("tensorflow", BatchScorer(bundle, 8).device)
     expected = BatchScorer(bundle, 8).score_inputs(inputs).scores
     np.testing.assert_array_equal(scorer.score_inputs(inputs).scores, expected)
+
+
+@needs_openvino
+def test_a_conversion_openvino_refuses_leaves_the_daemon_s_logging_as_it_was(colour_conv_model, tmp_path,
+                                                                             caplog):
+    # OpenVINO's converter sets the root logger to ERROR and restores it only when it succeeds: the fallback
+    # warning, and every line after it, was lost.
+    from monitor.model.density import FeatureGaussian, features_of
+
+    model_bundle, train = colour_conv_model
+    meta = json.loads(json.dumps(model_bundle.meta))
+    meta["density"] = {"mode": "local", "file": "density.npz", "residual_scale": 0.01, "density_scale": 10.0}
+    gaussian = FeatureGaussian.fit(features_of(model_bundle.model, train), "local")
+    bundle = Bundle(path=tmp_path, model=model_bundle.model, meta=meta, density=gaussian)
+    caplog.set_level("INFO")  # the root logger's level, as the daemon's `logging.level` sets it
+    BatchScorer(bundle, 8, backend="openvino")
+    assert logging.getLogger().level == logging.INFO
+    assert any("scoring_backend_fallback" in r.getMessage() for r in caplog.records)
+
+
+def test_the_root_logger_is_restored_however_the_block_ends():
+    root = logging.getLogger()
+    before = (root.level, list(root.filters), list(root.handlers))
+    with pytest.raises(RuntimeError), root_logger_kept():
+        root.setLevel(logging.ERROR)
+        root.addFilter(logging.Filter("elsewhere"))
+        root.addHandler(logging.NullHandler())
+        raise RuntimeError("the conversion failed")
+    assert (root.level, list(root.filters), list(root.handlers)) == before
 
 
 @needs_openvino

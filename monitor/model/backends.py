@@ -16,7 +16,9 @@ Needs the `bench` extra (``pip install -e .[bench]``) or ``pip install openvino`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -29,6 +31,24 @@ Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 class BackendUnavailable(RuntimeError):
     """The backend's package is not installed (or cannot convert the graph); the message says which."""
+
+
+@contextlib.contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """The root logger's level, filters and handlers as they were, however the block ends.
+
+    OpenVINO's `convert_model` sets the root logger to ERROR (and adds a filter) while it converts, and puts
+    them back only when the conversion succeeds: a graph it could not take left the daemon logging errors alone,
+    so even the warning that TensorFlow scores the bundle instead was lost.
+    """
+    root = logging.getLogger()
+    level, filters, handlers = root.level, list(root.filters), list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.filters[:] = filters
+        root.handlers[:] = handlers
 
 
 def openvino_available() -> bool:
@@ -64,7 +84,8 @@ def compile_forward(forward, backend: str = "openvino", threads: int | None = No
                                  "pip install openvino, or the bench extra") from None
     concrete = forward.get_concrete_function()
     try:
-        model = ov.convert_model(concrete)
+        with root_logger_kept():
+            model = ov.convert_model(concrete)
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
