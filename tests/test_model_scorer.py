@@ -219,3 +219,17 @@ def test_a_large_batch_at_the_model_size_is_not_scaled_by_numpy(scorer, images, 
     monkeypatch.setattr(module, "TF_SCALED_VALUES", MAX_BATCH * 32 * 32)
     out = scorer.score(images[:MAX_BATCH])
     assert out.inputs.dtype == np.float32 and out.inputs.max() <= 1.0 and len(out) == MAX_BATCH
+
+
+def test_importing_the_scorer_leaves_tensorflow_s_devices_to_configure() -> None:
+    # select_device turns a GPU's memory growth on, which TensorFlow allows only before its devices are set up;
+    # a tensor made at import (as a module constant once was) sets them up. On a CPU the same rule shows through
+    # the logical device configuration.
+    import subprocess
+    import sys
+
+    code = ("import monitor.model.scorer, tensorflow as tf\n"
+            "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+            "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]

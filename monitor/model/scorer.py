@@ -62,9 +62,8 @@ TF_SCALED_VALUES = 2**19
 # uint8 -> float32 in [0, 1], as `to_model_input` divides. The divisor is an argument, not a constant: with a
 # constant, TensorFlow's graph optimiser turns the division into a multiplication by 1/255, which differs from
 # numpy's division in the last bit for some values, and the scores would depend on which path an image took.
-_WHITE_8 = tf.constant(255.0, tf.float32)
-
-
+# (Each scorer makes its divisor tensor: one made at import would set up TensorFlow's devices before
+# `select_device` could turn on a GPU's memory growth.)
 @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8), tf.TensorSpec([], tf.float32)], autograph=False)
 def _unit(x: tf.Tensor, white: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.float32) / white
@@ -204,6 +203,7 @@ class BatchScorer:
         self.buckets = batch_buckets(self.max_batch)
         self._forwards: dict[int, Any] = {self.max_batch: forward}
         self._unit = _unit.get_concrete_function()  # traced once per process, for any shape
+        self._white8 = tf.constant(255.0, tf.float32)
         # Each bucket's time per call, a moving average of its real calls (the first, which traces and allocates,
         # left out). Once every bucket has one, a chunk runs as `plan_calls` says; until then, padded.
         self.bucket_seconds: dict[int, float] = {}
@@ -468,7 +468,7 @@ class BatchScorer:
                 x = tf.constant(chunk)
                 if scaled:
                     with tf.device("/CPU:0"):  # what a GPU is sent is the float batch, as from numpy
-                        x = self._unit(x, _WHITE_8)
+                        x = self._unit(x, self._white8)
                     seen.append(np.asarray(x)[:k])
                 with tf.device(self.device):
                     r, m, s = (np.asarray(t) for t in forward(x))
