@@ -126,16 +126,21 @@ def test_openvino_scores_a_tiled_bundle_as_tensorflow_does(tiled_bundle):
     assert_same_scores(tf_scorer, ov_scorer, images(3, LARGE_SIZE, seed=2))
 
 
-@needs_openvino
-def test_a_density_bundle_openvino_cannot_convert_is_scored_by_tensorflow_with_a_warning(colour_conv_model,
-                                                                                       tmp_path, caplog):
+@pytest.fixture
+def density_bundle(colour_conv_model, tmp_path) -> Bundle:
+    """A bundle with a local density score, whose encoder features (ResizeArea) OpenVINO cannot convert."""
     from monitor.model.density import FeatureGaussian, features_of
 
     model_bundle, train = colour_conv_model
     meta = json.loads(json.dumps(model_bundle.meta))
     meta["density"] = {"mode": "local", "file": "density.npz", "residual_scale": 0.01, "density_scale": 10.0}
     gaussian = FeatureGaussian.fit(features_of(model_bundle.model, train), "local")
-    bundle = Bundle(path=tmp_path, model=model_bundle.model, meta=meta, density=gaussian)
+    return Bundle(path=tmp_path, model=model_bundle.model, meta=meta, density=gaussian)
+
+
+@needs_openvino
+def test_a_density_bundle_openvino_cannot_convert_is_scored_by_tensorflow_with_a_warning(density_bundle, caplog):
+    bundle = density_bundle
     rng = np.random.default_rng(5)
     batch = [colour_part(rng) for _ in range(6)] + [colour_stain(colour_part(rng), rng) for _ in range(6)]
     inputs = np.stack([to_model_input(i, 32, 32, 3) for i in batch])
@@ -150,19 +155,11 @@ def test_a_density_bundle_openvino_cannot_convert_is_scored_by_tensorflow_with_a
 
 
 @needs_openvino
-def test_a_conversion_openvino_refuses_leaves_the_daemon_s_logging_as_it_was(colour_conv_model, tmp_path,
-                                                                             caplog):
+def test_a_conversion_openvino_refuses_leaves_the_daemon_s_logging_as_it_was(density_bundle, caplog):
     # OpenVINO's converter sets the root logger to ERROR and restores it only when it succeeds: the fallback
     # warning, and every line after it, was lost.
-    from monitor.model.density import FeatureGaussian, features_of
-
-    model_bundle, train = colour_conv_model
-    meta = json.loads(json.dumps(model_bundle.meta))
-    meta["density"] = {"mode": "local", "file": "density.npz", "residual_scale": 0.01, "density_scale": 10.0}
-    gaussian = FeatureGaussian.fit(features_of(model_bundle.model, train), "local")
-    bundle = Bundle(path=tmp_path, model=model_bundle.model, meta=meta, density=gaussian)
     caplog.set_level("INFO")  # the root logger's level, as the daemon's `logging.level` sets it
-    BatchScorer(bundle, 8, backend="openvino")
+    BatchScorer(density_bundle, 8, backend="openvino")
     assert logging.getLogger().level == logging.INFO
     assert any("scoring_backend_fallback" in r.getMessage() for r in caplog.records)
 
