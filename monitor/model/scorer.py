@@ -476,8 +476,8 @@ class BatchScorer:
             parts.append((r[:k], m[:k], s[:k]))  # views: the padding's results go with their arrays
             start += k
         inputs = batch
-        if scaled:
-            inputs = seen[0] if len(seen) == 1 else np.concatenate(seen) if seen else batch.astype(np.float32)
+        if scaled:  # never empty: `ready_batch` gives None for no images
+            inputs = seen[0] if len(seen) == 1 else np.concatenate(seen)
         if not parts:
             b = self.bundle
             recons, maps = np.empty(inputs.shape, np.float32), np.empty((0, b.height, b.width), np.float32)
